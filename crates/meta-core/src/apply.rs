@@ -1,0 +1,941 @@
+//! Applying commands. Every function here is deterministic in (state, command).
+
+use crate::kv::{key, Kv, KvRead, Table};
+use crate::perm::{self, W, X};
+use crate::records::*;
+use crate::{Command, CommandKind, Params};
+use shoal_types::attr::TimeNs;
+use shoal_types::codec;
+use shoal_types::layout::{resolve_chunk, Slice, CHUNK_SIZE};
+use shoal_types::meta_msg::*;
+use shoal_types::*;
+
+pub(crate) const COUNTERS_KEY: &[u8] = b"counters";
+pub(crate) const PARAMS_KEY: &[u8] = b"params";
+
+/// Apply one log entry and return the reply for its proposer.
+pub fn apply<K: Kv>(kv: &mut K, cmd: &Command) -> MetaResponse {
+    let mut counters: Counters = load(kv, Table::Meta, COUNTERS_KEY).unwrap_or_default();
+    counters.now = counters.now.max(cmd.now);
+    let now = counters.now;
+    let params: Option<Params> = load(kv, Table::Meta, PARAMS_KEY);
+    let mut sm = Sm { kv, now, counters, params: params.clone().unwrap_or_default() };
+    let reply = match (&cmd.kind, params) {
+        (CommandKind::Bootstrap(p), None) => sm.bootstrap(p.clone()),
+        (CommandKind::Bootstrap(_), Some(_)) => Ok(MetaReply::Ok),
+        (_, None) => Err(FsError::Unavailable("cluster not bootstrapped".into())),
+        (CommandKind::Tick, Some(_)) => sm.tick(),
+        (CommandKind::Request(req), Some(_)) => sm.request(req),
+    };
+    let counters = sm.counters.clone();
+    store(sm.kv, Table::Meta, COUNTERS_KEY, &counters);
+    reply
+}
+
+pub(crate) fn load<T: serde::de::DeserializeOwned>(kv: &impl KvRead, t: Table, k: &[u8]) -> Option<T> {
+    // A record that does not decode is treated as absent; the metadata store checksums its pages,
+    // so this only happens across an incompatible format change, which the version byte refuses.
+    kv.get(t, k).and_then(|v| codec::decode(&v).ok())
+}
+
+pub(crate) fn store<T: serde::Serialize>(kv: &mut impl Kv, t: Table, k: &[u8], v: &T) {
+    kv.put(t, k, &codec::encode(v));
+}
+
+pub(crate) struct Sm<'a, K> {
+    pub kv: &'a mut K,
+    pub now: TimeNs,
+    pub counters: Counters,
+    pub params: Params,
+}
+
+pub(crate) fn attr_of(inode: InodeId, rec: &InodeRec) -> Attr {
+    Attr {
+        handle: FileHandle { volume: VolumeId(1), inode, generation: Generation(rec.generation) },
+        kind: rec.kind,
+        mode: rec.mode,
+        uid: rec.uid,
+        gid: rec.gid,
+        size: rec.size,
+        nlink: rec.nlink,
+        rdev: rec.rdev,
+        atime: rec.atime,
+        mtime: rec.mtime,
+        ctime: rec.ctime,
+        crtime: rec.crtime,
+        version: VersionNo(rec.version),
+    }
+}
+
+/// Look up the inode a handle names; a missing inode or another generation is `Stale`.
+pub(crate) fn inode_of(kv: &impl KvRead, h: &FileHandle) -> FsResult<InodeRec> {
+    let rec: InodeRec = load(kv, Table::Inodes, &key::u64(h.inode.0)).ok_or(FsError::Stale)?;
+    if rec.generation != h.generation.0 || h.volume != VolumeId(1) {
+        return Err(FsError::Stale);
+    }
+    Ok(rec)
+}
+
+pub(crate) fn dir_of(kv: &impl KvRead, h: &FileHandle) -> FsResult<InodeRec> {
+    let rec = inode_of(kv, h)?;
+    if rec.kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    Ok(rec)
+}
+
+pub(crate) fn check_name(name: &str) -> FsResult<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(FsError::Invalid(format!("bad name {name:?}")));
+    }
+    if name.len() > NAME_LEN_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
+impl<K: Kv> Sm<'_, K> {
+    fn bootstrap(&mut self, p: Params) -> MetaResponse {
+        store(self.kv, Table::Meta, PARAMS_KEY, &p);
+        self.params = p;
+        self.counters.next_inode = InodeId::ROOT.0 + 1;
+        self.counters.next_blob = 1;
+        self.counters.next_session = 1;
+        let root = InodeRec {
+            generation: 1,
+            kind: FileKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2,
+            rdev: 0,
+            atime: self.now,
+            mtime: self.now,
+            ctime: self.now,
+            crtime: self.now,
+            version: 1,
+            parent: Some(InodeId::ROOT),
+            symlink_target: None,
+            next_cookie: 1,
+            entries: 0,
+            policy: Policy::DEFAULT,
+        };
+        self.put_inode(InodeId::ROOT, &root);
+        Ok(MetaReply::Ok)
+    }
+
+    fn put_inode(&mut self, ino: InodeId, rec: &InodeRec) {
+        store(self.kv, Table::Inodes, &key::u64(ino.0), rec);
+    }
+
+    fn request(&mut self, req: &MetaRequest) -> MetaResponse {
+        match &req.op {
+            MetaOp::OpenSession { client } => return self.open_session(client),
+            MetaOp::RegisterStore { store, addr, capacity, used } => {
+                return self.register_store(*store, addr, *capacity, *used)
+            }
+            MetaOp::StoreHeartbeat(hb) => return self.store_heartbeat(hb),
+            op if op.is_read() => return crate::read::read_op(self.kv, &req.cred, op, self.now),
+            _ => {}
+        }
+        // Everything else is exactly-once on a live session.
+        let session_key = key::u64(req.session.0);
+        let Some(mut session) = load::<SessionRec>(self.kv, Table::Sessions, &session_key) else {
+            return Err(FsError::SessionExpired);
+        };
+        let reply_key = key::u64_u64(req.session.0, req.seq);
+        if let Some(reply) = load::<MetaResponse>(self.kv, Table::Replies, &reply_key) {
+            return reply;
+        }
+        if req.seq < session.pruned_below {
+            return Err(FsError::Invalid(format!("request sequence {} is older than the reply window", req.seq)));
+        }
+        let reply = self.mutate(req);
+        session.expires = self.now + self.params.session_lease_ns;
+        if matches!(req.op, MetaOp::CloseSession) {
+            self.end_session(req.session);
+            return reply;
+        }
+        store(self.kv, Table::Replies, &reply_key, &reply);
+        if req.seq >= crate::REPLIES_PER_SESSION_MAX {
+            let below = req.seq - crate::REPLIES_PER_SESSION_MAX;
+            if below > session.pruned_below {
+                for (k, _) in self.kv.scan(
+                    Table::Replies,
+                    &key::u64_u64(req.session.0, session.pruned_below),
+                    &key::u64_u64(req.session.0, below),
+                    usize::MAX,
+                ) {
+                    self.kv.delete(Table::Replies, &k);
+                }
+                session.pruned_below = below;
+            }
+        }
+        store(self.kv, Table::Sessions, &session_key, &session);
+        reply
+    }
+
+    fn mutate(&mut self, req: &MetaRequest) -> MetaResponse {
+        let cred = &req.cred;
+        match &req.op {
+            MetaOp::RenewSession | MetaOp::CloseSession => Ok(MetaReply::Ok),
+            MetaOp::SetAttr { handle, set } => self.setattr(cred, handle, set),
+            MetaOp::Create { parent, name, kind, mode, rdev, exclusive } => {
+                self.create(cred, parent, name, *kind, *mode, *rdev, *exclusive, None)
+            }
+            MetaOp::Mkdir { parent, name, mode } => {
+                self.create(cred, parent, name, FileKind::Dir, *mode, 0, true, None)
+            }
+            MetaOp::Symlink { parent, name, target } => {
+                if target.is_empty() || target.len() > 4096 {
+                    return Err(FsError::Invalid("bad symlink target".into()));
+                }
+                self.create(cred, parent, name, FileKind::Symlink, 0o777, 0, true, Some(target.clone()))
+            }
+            MetaOp::Link { handle, new_parent, new_name } => self.link(cred, handle, new_parent, new_name),
+            MetaOp::Unlink { parent, name } => self.remove(cred, parent, name, false),
+            MetaOp::Rmdir { parent, name } => self.remove(cred, parent, name, true),
+            MetaOp::Rename { parent, name, new_parent, new_name, no_replace } => {
+                self.rename(cred, parent, name, new_parent, new_name, *no_replace)
+            }
+            MetaOp::Open { handle } => self.open(req.session, handle),
+            MetaOp::Release { handle } => self.release(req.session, handle),
+            MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
+            MetaOp::Commit(c) => self.commit(cred, c),
+            other => Err(FsError::Invalid(format!("not a mutation: {other:?}"))),
+        }
+    }
+
+    // ---- sessions ----
+
+    fn open_session(&mut self, client: &str) -> MetaResponse {
+        let id = self.counters.next_session;
+        self.counters.next_session += 1;
+        let rec = SessionRec { client: client.to_string(), expires: self.now + self.params.session_lease_ns, pruned_below: 0 };
+        store(self.kv, Table::Sessions, &key::u64(id), &rec);
+        Ok(MetaReply::Session { session: SessionId(id), lease_ms: (self.params.session_lease_ns / 1_000_000) as u64 })
+    }
+
+    fn end_session(&mut self, session: SessionId) {
+        self.kv.delete(Table::Sessions, &key::u64(session.0));
+        for (k, _) in self.kv.scan(Table::Replies, &key::u64(session.0), &key::prefix_end(session.0), usize::MAX) {
+            self.kv.delete(Table::Replies, &k);
+        }
+        let opens = self.kv.scan(Table::SessionOpens, &key::u64(session.0), &key::prefix_end(session.0), usize::MAX);
+        for (k, _) in opens {
+            let ino = InodeId(key::read_u64(&k, 8));
+            self.kv.delete(Table::SessionOpens, &k);
+            self.kv.delete(Table::Opens, &key::u64_u64(ino.0, session.0));
+            self.maybe_free_inode(ino);
+        }
+    }
+
+    fn tick(&mut self) -> MetaResponse {
+        let now = self.now;
+        // Expire sessions.
+        let sessions = self.kv.scan(Table::Sessions, &[], &[0xff; 9], usize::MAX);
+        let mut expired = 0;
+        for (k, v) in sessions {
+            if expired >= crate::EXPIRE_PER_TICK_MAX {
+                break;
+            }
+            if let Ok(rec) = codec::decode::<SessionRec>(&v) {
+                if rec.expires < now {
+                    self.end_session(SessionId(key::read_u64(&k, 0)));
+                    expired += 1;
+                }
+            }
+        }
+        // Expire intents: blobs never committed are garbage.
+        let intents = self.kv.scan(Table::Intents, &[], &[0xff; 9], usize::MAX);
+        let mut expired = 0;
+        for (k, v) in intents {
+            if expired >= crate::EXPIRE_PER_TICK_MAX {
+                break;
+            }
+            if let Ok(rec) = codec::decode::<IntentRec>(&v) {
+                if rec.expires < now {
+                    self.kv.delete(Table::Intents, &k);
+                    let blob = BlobId(key::read_u64(&k, 0));
+                    if load::<BlobInfo>(self.kv, Table::Blobs, &k).is_none() {
+                        // Uncommitted: a writer may have put copies anywhere; every live server
+                        // is told to delete it.
+                        for (sk, _) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
+                            self.kv.put(Table::GcOrders, &key::u64_u64(key::read_u64(&sk, 0), blob.0), &[]);
+                        }
+                    }
+                    expired += 1;
+                }
+            }
+        }
+        // Declare silent servers failed and queue their blobs for repair.
+        for (k, v) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
+            let Ok(mut rec) = codec::decode::<StoreRec>(&v) else { continue };
+            if rec.alive && now - rec.last_heartbeat > self.params.store_dead_after_ns {
+                rec.alive = false;
+                store(self.kv, Table::Stores, &k, &rec);
+                let id = key::read_u64(&k, 0);
+                for (bk, _) in self.kv.scan(Table::StoreBlobs, &key::u64(id), &key::prefix_end(id), usize::MAX) {
+                    let blob = key::read_u64(&bk, 8);
+                    if self.kv.get(Table::Repair, &key::u64(blob)).is_none() {
+                        store(self.kv, Table::Repair, &key::u64(blob), &RepairRec { assigned: None });
+                    }
+                }
+            }
+        }
+        Ok(MetaReply::Ok)
+    }
+
+    // ---- namespace ----
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        cred: &Credentials,
+        parent: &FileHandle,
+        name: &str,
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+        exclusive: bool,
+        target: Option<String>,
+    ) -> MetaResponse {
+        check_name(name)?;
+        let mut dir = dir_of(self.kv, parent)?;
+        perm::check(&dir, cred, W | X)?;
+        let dkey = key::u64_name(parent.inode.0, name);
+        if let Some(existing) = load::<DirentRec>(self.kv, Table::Dirents, &dkey) {
+            if exclusive || kind != FileKind::File {
+                return Err(FsError::Exists);
+            }
+            let rec: InodeRec = load(self.kv, Table::Inodes, &key::u64(existing.inode.0))
+                .ok_or_else(|| FsError::Internal("dangling entry".into()))?;
+            return Ok(MetaReply::Attr(attr_of(existing.inode, &rec)));
+        }
+        if kind == FileKind::Dir && dir.nlink >= crate::LINKS_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        let ino = InodeId(self.counters.next_inode);
+        self.counters.next_inode += 1;
+        // setgid directories pass their group on, and setgid on to subdirectories.
+        let (gid, mut mode) = if dir.mode & 0o2000 != 0 { (dir.gid, mode) } else { (cred.gid, mode) };
+        if dir.mode & 0o2000 != 0 && kind == FileKind::Dir {
+            mode |= 0o2000;
+        }
+        let rec = InodeRec {
+            generation: 1,
+            kind,
+            mode: mode & 0o7777,
+            uid: cred.uid,
+            gid,
+            size: target.as_ref().map_or(0, |t| t.len() as u64),
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            rdev,
+            atime: self.now,
+            mtime: self.now,
+            ctime: self.now,
+            crtime: self.now,
+            version: 1,
+            parent: (kind == FileKind::Dir).then_some(parent.inode),
+            symlink_target: target,
+            next_cookie: 1,
+            entries: 0,
+            policy: dir.policy,
+        };
+        self.put_inode(ino, &rec);
+        self.add_entry(parent.inode, &mut dir, name, ino, kind);
+        if kind == FileKind::Dir {
+            dir.nlink += 1;
+        }
+        self.put_inode(parent.inode, &dir);
+        self.counters.files += 1;
+        Ok(MetaReply::Attr(attr_of(ino, &rec)))
+    }
+
+    fn add_entry(&mut self, parent: InodeId, dir: &mut InodeRec, name: &str, ino: InodeId, kind: FileKind) {
+        let cookie = dir.next_cookie;
+        dir.next_cookie += 1;
+        dir.entries += 1;
+        dir.mtime = self.now;
+        dir.ctime = self.now;
+        dir.version += 1;
+        store(self.kv, Table::Dirents, &key::u64_name(parent.0, name), &DirentRec { inode: ino, kind, cookie });
+        self.kv.put(Table::DirCookies, &key::u64_u64(parent.0, cookie), name.as_bytes());
+    }
+
+    fn remove_entry(&mut self, parent: InodeId, dir: &mut InodeRec, name: &str, entry: &DirentRec) {
+        self.kv.delete(Table::Dirents, &key::u64_name(parent.0, name));
+        self.kv.delete(Table::DirCookies, &key::u64_u64(parent.0, entry.cookie));
+        dir.entries -= 1;
+        dir.mtime = self.now;
+        dir.ctime = self.now;
+        dir.version += 1;
+    }
+
+    fn link(&mut self, cred: &Credentials, handle: &FileHandle, new_parent: &FileHandle, name: &str) -> MetaResponse {
+        check_name(name)?;
+        let mut rec = inode_of(self.kv, handle)?;
+        if rec.kind == FileKind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        if rec.nlink >= crate::LINKS_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        let mut dir = dir_of(self.kv, new_parent)?;
+        perm::check(&dir, cred, W | X)?;
+        if self.kv.get(Table::Dirents, &key::u64_name(new_parent.inode.0, name)).is_some() {
+            return Err(FsError::Exists);
+        }
+        rec.nlink += 1;
+        rec.ctime = self.now;
+        self.put_inode(handle.inode, &rec);
+        self.add_entry(new_parent.inode, &mut dir, name, handle.inode, rec.kind);
+        self.put_inode(new_parent.inode, &dir);
+        Ok(MetaReply::Attr(attr_of(handle.inode, &rec)))
+    }
+
+    fn remove(&mut self, cred: &Credentials, parent: &FileHandle, name: &str, want_dir: bool) -> MetaResponse {
+        if name == "." {
+            return Err(FsError::Invalid("cannot remove '.'".into()));
+        }
+        if name == ".." {
+            return Err(FsError::NotEmpty);
+        }
+        check_name(name)?;
+        let mut dir = dir_of(self.kv, parent)?;
+        perm::check(&dir, cred, W | X)?;
+        let dkey = key::u64_name(parent.inode.0, name);
+        let entry: DirentRec = load(self.kv, Table::Dirents, &dkey).ok_or(FsError::NotFound)?;
+        let mut victim: InodeRec = load(self.kv, Table::Inodes, &key::u64(entry.inode.0))
+            .ok_or_else(|| FsError::Internal("dangling entry".into()))?;
+        perm::check_sticky(&dir, &victim, cred)?;
+        match (want_dir, victim.kind == FileKind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if victim.entries > 0 => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        self.remove_entry(parent.inode, &mut dir, name, &entry);
+        if victim.kind == FileKind::Dir {
+            dir.nlink -= 1;
+            victim.nlink = 0;
+        } else {
+            victim.nlink -= 1;
+        }
+        victim.ctime = self.now;
+        self.put_inode(parent.inode, &dir);
+        self.put_inode(entry.inode, &victim);
+        self.maybe_free_inode(entry.inode);
+        Ok(MetaReply::Ok)
+    }
+
+    /// Free an inode with no names left and no open handles: its chunks, then the record.
+    fn maybe_free_inode(&mut self, ino: InodeId) {
+        let Some(rec) = load::<InodeRec>(self.kv, Table::Inodes, &key::u64(ino.0)) else { return };
+        if rec.nlink > 0 && !(rec.kind == FileKind::Dir && rec.nlink == 0) {
+            return;
+        }
+        if !self.kv.scan(Table::Opens, &key::u64(ino.0), &key::prefix_end(ino.0), 1).is_empty() {
+            return; // An orphan: still open somewhere.
+        }
+        for (k, v) in self.kv.scan(Table::Chunks, &key::u64(ino.0), &key::prefix_end(ino.0), usize::MAX) {
+            let slices: Vec<Slice> = codec::decode(&v).unwrap_or_default();
+            for s in &slices {
+                self.unref_blob(s.blob);
+            }
+            self.kv.delete(Table::Chunks, &k);
+        }
+        self.kv.delete(Table::Inodes, &key::u64(ino.0));
+        self.counters.files = self.counters.files.saturating_sub(1);
+    }
+
+    fn rename(
+        &mut self,
+        cred: &Credentials,
+        parent: &FileHandle,
+        name: &str,
+        new_parent: &FileHandle,
+        new_name: &str,
+        no_replace: bool,
+    ) -> MetaResponse {
+        check_name(name)?;
+        check_name(new_name)?;
+        let mut src_dir = dir_of(self.kv, parent)?;
+        let mut dst_dir = dir_of(self.kv, new_parent)?;
+        perm::check(&src_dir, cred, W | X)?;
+        perm::check(&dst_dir, cred, W | X)?;
+        let entry: DirentRec =
+            load(self.kv, Table::Dirents, &key::u64_name(parent.inode.0, name)).ok_or(FsError::NotFound)?;
+        let mut moved: InodeRec = load(self.kv, Table::Inodes, &key::u64(entry.inode.0))
+            .ok_or_else(|| FsError::Internal("dangling entry".into()))?;
+        perm::check_sticky(&src_dir, &moved, cred)?;
+        let same_dir = parent.inode == new_parent.inode;
+        if same_dir && name == new_name {
+            return Ok(MetaReply::Ok);
+        }
+        let is_dir = moved.kind == FileKind::Dir;
+        if is_dir {
+            // No directory moves into its own subtree: walk up from the destination.
+            let mut cur = new_parent.inode;
+            loop {
+                if cur == entry.inode {
+                    return Err(FsError::Invalid("cannot move a directory into itself".into()));
+                }
+                if cur == InodeId::ROOT {
+                    break;
+                }
+                let rec: InodeRec = load(self.kv, Table::Inodes, &key::u64(cur.0))
+                    .ok_or_else(|| FsError::Internal("broken parent chain".into()))?;
+                cur = rec.parent.unwrap_or(InodeId::ROOT);
+            }
+            // Moving a directory to another parent rewrites its "..": needs write permission.
+            if !same_dir {
+                perm::check(&moved, cred, W)?;
+            }
+        }
+        let dst_key = key::u64_name(new_parent.inode.0, new_name);
+        if let Some(target) = load::<DirentRec>(self.kv, Table::Dirents, &dst_key) {
+            if no_replace {
+                return Err(FsError::Exists);
+            }
+            if target.inode == entry.inode {
+                return Ok(MetaReply::Ok); // Two names of one file: POSIX says do nothing.
+            }
+            let mut victim: InodeRec = load(self.kv, Table::Inodes, &key::u64(target.inode.0))
+                .ok_or_else(|| FsError::Internal("dangling entry".into()))?;
+            perm::check_sticky(&dst_dir, &victim, cred)?;
+            match (is_dir, victim.kind == FileKind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if victim.entries > 0 => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            self.remove_entry(new_parent.inode, &mut dst_dir, new_name, &target);
+            if victim.kind == FileKind::Dir {
+                dst_dir.nlink -= 1;
+                victim.nlink = 0;
+            } else {
+                victim.nlink -= 1;
+            }
+            victim.ctime = self.now;
+            self.put_inode(target.inode, &victim);
+            if same_dir {
+                src_dir = dst_dir.clone();
+            }
+            self.put_inode(new_parent.inode, &dst_dir);
+            self.maybe_free_inode(target.inode);
+        }
+        if same_dir {
+            self.remove_entry(parent.inode, &mut src_dir, name, &entry);
+            self.add_entry(parent.inode, &mut src_dir, new_name, entry.inode, entry.kind);
+            self.put_inode(parent.inode, &src_dir);
+        } else {
+            self.remove_entry(parent.inode, &mut src_dir, name, &entry);
+            self.add_entry(new_parent.inode, &mut dst_dir, new_name, entry.inode, entry.kind);
+            if is_dir {
+                src_dir.nlink -= 1;
+                dst_dir.nlink += 1;
+                moved.parent = Some(new_parent.inode);
+            }
+            self.put_inode(parent.inode, &src_dir);
+            self.put_inode(new_parent.inode, &dst_dir);
+        }
+        moved.ctime = self.now;
+        self.put_inode(entry.inode, &moved);
+        Ok(MetaReply::Ok)
+    }
+
+    fn setattr(&mut self, cred: &Credentials, handle: &FileHandle, set: &SetAttr) -> MetaResponse {
+        let mut rec = inode_of(self.kv, handle)?;
+        let owner = cred.uid == 0 || cred.uid == rec.uid;
+        if let Some(mode) = set.mode {
+            if !owner {
+                return Err(FsError::NotPermitted);
+            }
+            let mut mode = mode & 0o7777;
+            // A non-root owner outside the file's group cannot set setgid on a file.
+            if cred.uid != 0 && rec.kind != FileKind::Dir && !cred.in_group(rec.gid) {
+                mode &= !0o2000;
+            }
+            if cred.uid != 0 && rec.kind != FileKind::Dir {
+                mode &= !0o1000;
+            }
+            rec.mode = mode;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            let uid_change = set.uid.is_some_and(|u| u != rec.uid);
+            let gid_ok = set.gid.is_none_or(|g| g == rec.gid || cred.in_group(g));
+            if cred.uid != 0 && (uid_change || !owner || !gid_ok) {
+                return Err(FsError::NotPermitted);
+            }
+            if let Some(uid) = set.uid {
+                rec.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                rec.gid = gid;
+            }
+            // Changing owner clears setuid/setgid of non-directories.
+            if rec.kind != FileKind::Dir {
+                rec.mode &= !0o6000;
+            }
+        }
+        if let Some(size) = set.size {
+            if rec.kind == FileKind::Dir {
+                return Err(FsError::IsDir);
+            }
+            if rec.kind != FileKind::File {
+                return Err(FsError::Invalid("truncate of a special file".into()));
+            }
+            perm::check(&rec, cred, W)?;
+            if cred.uid != 0 {
+                rec.mode &= !0o6000;
+            }
+            self.truncate(handle.inode, &mut rec, size);
+            rec.mtime = self.now;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            // Setting explicit times needs ownership; "now" needs write permission. The client
+            // sends explicit times, so ownership or write access is required.
+            if !owner && perm::check(&rec, cred, W).is_err() {
+                return Err(FsError::PermissionDenied);
+            }
+            if let Some(t) = set.atime {
+                rec.atime = t;
+            }
+            if let Some(t) = set.mtime {
+                rec.mtime = t;
+            }
+        }
+        rec.ctime = self.now;
+        self.put_inode(handle.inode, &rec);
+        Ok(MetaReply::Attr(attr_of(handle.inode, &rec)))
+    }
+
+    /// Cut or extend a file. Chunks wholly past the new end are dropped; the chunk holding the
+    /// new end gets a hole slice over its tail, so a later extension reads zeros.
+    fn truncate(&mut self, ino: InodeId, rec: &mut InodeRec, size: u64) {
+        if size < rec.size {
+            let first_dead = size.div_ceil(CHUNK_SIZE);
+            for (k, v) in self.kv.scan(Table::Chunks, &key::u64_u64(ino.0, first_dead), &key::prefix_end(ino.0), usize::MAX) {
+                let slices: Vec<Slice> = codec::decode(&v).unwrap_or_default();
+                for s in &slices {
+                    self.unref_blob(s.blob);
+                }
+                self.kv.delete(Table::Chunks, &k);
+            }
+            if size % CHUNK_SIZE != 0 {
+                let idx = size / CHUNK_SIZE;
+                let cut = size % CHUNK_SIZE;
+                let hole = Slice { blob: None, blob_offset: 0, offset_in_chunk: cut, len: CHUNK_SIZE - cut };
+                self.lay_slices(ino, idx, std::slice::from_ref(&hole));
+            }
+        }
+        rec.size = size;
+        rec.version += 1;
+    }
+
+    /// Lay `new` over chunk `idx` and drop slices no byte of which is visible any more.
+    fn lay_slices(&mut self, ino: InodeId, idx: u64, new: &[Slice]) {
+        let ckey = key::u64_u64(ino.0, idx);
+        let mut slices: Vec<Slice> = load(self.kv, Table::Chunks, &ckey).unwrap_or_default();
+        slices.extend_from_slice(new);
+        // Tag each slice with its index through a fake blob id to learn which ones stay visible.
+        let tagged: Vec<Slice> = slices
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Slice { blob: Some(BlobId(i as u64)), ..s.clone() })
+            .collect();
+        let mut visible = vec![false; slices.len()];
+        for e in resolve_chunk(&tagged, CHUNK_SIZE) {
+            if let Some(BlobId(i)) = e.blob {
+                visible[i as usize] = true;
+            }
+        }
+        let mut kept = Vec::with_capacity(slices.len());
+        for (s, vis) in slices.into_iter().zip(visible) {
+            // Holes at the very start of a list cover nothing but holes: drop them too.
+            if vis && !(s.blob.is_none() && kept.is_empty()) {
+                kept.push(s);
+            } else if !vis {
+                self.unref_blob(s.blob);
+            }
+        }
+        if kept.is_empty() {
+            self.kv.delete(Table::Chunks, &ckey);
+        } else {
+            store(self.kv, Table::Chunks, &ckey, &kept);
+        }
+    }
+
+    fn unref_blob(&mut self, blob: Option<BlobId>) {
+        let Some(blob) = blob else { return };
+        let bkey = key::u64(blob.0);
+        let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) else { return };
+        info.refs = info.refs.saturating_sub(1);
+        if info.refs > 0 {
+            store(self.kv, Table::Blobs, &bkey, &info);
+            return;
+        }
+        // No file references it any more: order every holder to delete it.
+        self.kv.delete(Table::Blobs, &bkey);
+        self.kv.delete(Table::Repair, &bkey);
+        for s in &info.stores {
+            self.kv.put(Table::GcOrders, &key::u64_u64(s.0, blob.0), &[]);
+        }
+    }
+
+    fn open(&mut self, session: SessionId, handle: &FileHandle) -> MetaResponse {
+        let rec = inode_of(self.kv, handle)?;
+        let okey = key::u64_u64(handle.inode.0, session.0);
+        let count: u64 = load(self.kv, Table::Opens, &okey).unwrap_or(0);
+        store(self.kv, Table::Opens, &okey, &(count + 1));
+        self.kv.put(Table::SessionOpens, &key::u64_u64(session.0, handle.inode.0), &[]);
+        Ok(MetaReply::Attr(attr_of(handle.inode, &rec)))
+    }
+
+    fn release(&mut self, session: SessionId, handle: &FileHandle) -> MetaResponse {
+        let okey = key::u64_u64(handle.inode.0, session.0);
+        let count: u64 = load(self.kv, Table::Opens, &okey).unwrap_or(0);
+        if count <= 1 {
+            self.kv.delete(Table::Opens, &okey);
+            self.kv.delete(Table::SessionOpens, &key::u64_u64(session.0, handle.inode.0));
+            self.maybe_free_inode(handle.inode);
+        } else {
+            store(self.kv, Table::Opens, &okey, &(count - 1));
+        }
+        Ok(MetaReply::Ok)
+    }
+
+    // ---- data ----
+
+    fn alloc_blobs(&mut self, session: SessionId, cred: &Credentials, handle: &FileHandle, count: u32, bytes: u64) -> MetaResponse {
+        let rec = inode_of(self.kv, handle)?;
+        if rec.kind != FileKind::File {
+            return Err(FsError::Invalid("not a regular file".into()));
+        }
+        let _ = cred; // Write permission was checked at open; an open handle may write.
+        if count == 0 || count as usize > crate::BLOBS_PER_COMMIT_MAX {
+            return Err(FsError::Invalid(format!("blob count {count} out of range")));
+        }
+        let policy = rec.policy;
+        let targets = self.placement(bytes, policy)?;
+        let expires = self.now + self.params.intent_lease_ns;
+        let mut blobs = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let id = BlobId(self.counters.next_blob);
+            self.counters.next_blob += 1;
+            store(self.kv, Table::Intents, &key::u64(id.0), &IntentRec { inode: handle.inode, session, expires, policy });
+            blobs.push(id);
+        }
+        Ok(MetaReply::Intent(Intent { blobs, targets, policy, expires }))
+    }
+
+    /// Live servers with room for `bytes`, most free space first. Ties break by id.
+    fn placement(&self, bytes: u64, policy: Policy) -> FsResult<Vec<StoreAddr>> {
+        let mut candidates: Vec<(u64, u64, String)> = Vec::new();
+        for (k, v) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
+            let Ok(rec) = codec::decode::<StoreRec>(&v) else { continue };
+            let free = rec.capacity.saturating_sub(rec.used);
+            if rec.alive && free >= bytes {
+                candidates.push((free, key::read_u64(&k, 0), rec.addr));
+            }
+        }
+        if candidates.len() < policy.write_quorum() {
+            return Err(FsError::NoSpace);
+        }
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        Ok(candidates.into_iter().map(|(_, id, addr)| StoreAddr { store: StoreId(id), addr }).collect())
+    }
+
+    fn commit(&mut self, cred: &Credentials, c: &Commit) -> MetaResponse {
+        let mut rec = inode_of(self.kv, &c.handle)?;
+        if rec.kind != FileKind::File {
+            return Err(FsError::Invalid("not a regular file".into()));
+        }
+        let _ = cred;
+        if let Some(base) = c.base_version {
+            if base.0 != rec.version {
+                return Err(FsError::VersionConflict { current: rec.version });
+            }
+        }
+        if c.blobs.len() > crate::BLOBS_PER_COMMIT_MAX {
+            return Err(FsError::Invalid("too many blobs in one commit".into()));
+        }
+        // Every new blob must be covered by a live intent for this inode, with a write quorum.
+        for nb in &c.blobs {
+            let ikey = key::u64(nb.blob.0);
+            let intent: IntentRec = load(self.kv, Table::Intents, &ikey).ok_or(FsError::IntentExpired)?;
+            if intent.inode != c.handle.inode {
+                return Err(FsError::Invalid(format!("blob {} was reserved for another file", nb.blob)));
+            }
+            let mut distinct = nb.stores.clone();
+            distinct.sort();
+            distinct.dedup();
+            if distinct.len() < intent.policy.write_quorum() {
+                return Err(FsError::Invalid(format!("blob {} has {} durable copies, fewer than the write quorum", nb.blob, distinct.len())));
+            }
+        }
+        for s in c.chunks.iter().flat_map(|u| &u.slices) {
+            if s.offset_in_chunk + s.len > CHUNK_SIZE {
+                return Err(FsError::Invalid("slice crosses a chunk boundary".into()));
+            }
+            if let Some(b) = s.blob {
+                let named = c.blobs.iter().find(|nb| nb.blob == b).map(|nb| nb.len);
+                let len = match named {
+                    Some(len) => len,
+                    None => load::<BlobInfo>(self.kv, Table::Blobs, &key::u64(b.0)).map(|i| i.len).ok_or(FsError::IntentExpired)?,
+                };
+                if s.blob_offset + s.len > len {
+                    return Err(FsError::Invalid("slice beyond its blob".into()));
+                }
+            }
+        }
+        // Publish the blobs, then reference them from the slices.
+        for nb in &c.blobs {
+            let ikey = key::u64(nb.blob.0);
+            let intent: IntentRec = load(self.kv, Table::Intents, &ikey).ok_or(FsError::IntentExpired)?;
+            self.kv.delete(Table::Intents, &ikey);
+            let mut stores = nb.stores.clone();
+            stores.sort();
+            stores.dedup();
+            for s in &stores {
+                self.kv.put(Table::StoreBlobs, &key::u64_u64(s.0, nb.blob.0), &[]);
+            }
+            if stores.len() < intent.policy.copies() {
+                store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
+            }
+            let info = BlobInfo { len: nb.len, policy: intent.policy, stores, refs: 0, crc: nb.crc };
+            store(self.kv, Table::Blobs, &ikey, &info);
+        }
+        for u in &c.chunks {
+            for s in &u.slices {
+                if let Some(b) = s.blob {
+                    let bkey = key::u64(b.0);
+                    if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
+                        info.refs += 1;
+                        store(self.kv, Table::Blobs, &bkey, &info);
+                    }
+                }
+            }
+            self.lay_slices(c.handle.inode, u.idx, &u.slices);
+        }
+        // A blob committed but referenced by no slice is garbage at once.
+        for nb in &c.blobs {
+            if let Some(info) = load::<BlobInfo>(self.kv, Table::Blobs, &key::u64(nb.blob.0)) {
+                if info.refs == 0 {
+                    let mut info = info;
+                    info.refs = 1;
+                    store(self.kv, Table::Blobs, &key::u64(nb.blob.0), &info);
+                    self.unref_blob(Some(nb.blob));
+                }
+            }
+        }
+        rec.size = c.size;
+        rec.mtime = c.mtime;
+        rec.ctime = self.now;
+        rec.version += 1;
+        // Writing clears setuid/setgid, as local file systems do.
+        if cred.uid != 0 {
+            rec.mode &= !0o6000;
+        }
+        self.put_inode(c.handle.inode, &rec);
+        Ok(MetaReply::Attr(attr_of(c.handle.inode, &rec)))
+    }
+
+    // ---- storage servers ----
+
+    fn register_store(&mut self, id: StoreId, addr: &str, capacity: u64, used: u64) -> MetaResponse {
+        let skey = key::u64(id.0);
+        let blobs = load::<StoreRec>(self.kv, Table::Stores, &skey).map_or(0, |r| r.blobs);
+        let rec = StoreRec { addr: addr.to_string(), capacity, used, last_heartbeat: self.now, alive: true, blobs };
+        store(self.kv, Table::Stores, &skey, &rec);
+        Ok(MetaReply::Ok)
+    }
+
+    fn store_heartbeat(&mut self, hb: &StoreHeartbeat) -> MetaResponse {
+        let skey = key::u64(hb.store.0);
+        let prev: Option<StoreRec> = load(self.kv, Table::Stores, &skey);
+        for b in &hb.deleted {
+            self.kv.delete(Table::GcOrders, &key::u64_u64(hb.store.0, b.0));
+            self.kv.delete(Table::StoreBlobs, &key::u64_u64(hb.store.0, b.0));
+        }
+        for b in &hb.repaired {
+            let bkey = key::u64(b.0);
+            if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
+                if !info.stores.contains(&hb.store) {
+                    info.stores.push(hb.store);
+                    info.stores.sort();
+                }
+                self.kv.put(Table::StoreBlobs, &key::u64_u64(hb.store.0, b.0), &[]);
+                store(self.kv, Table::Blobs, &bkey, &info);
+                if self.healthy_copies(&info) >= info.policy.copies() {
+                    self.kv.delete(Table::Repair, &bkey);
+                }
+            } else {
+                // Freed while it was being repaired: the new copy is garbage.
+                self.kv.put(Table::GcOrders, &key::u64_u64(hb.store.0, b.0), &[]);
+            }
+        }
+        let n_blobs = self.kv.scan(Table::StoreBlobs, &skey, &key::prefix_end(hb.store.0), usize::MAX).len() as u64;
+        let rec = StoreRec { addr: hb.addr.clone(), capacity: hb.capacity, used: hb.used, last_heartbeat: self.now, alive: true, blobs: n_blobs };
+        store(self.kv, Table::Stores, &skey, &rec);
+        let _ = prev;
+
+        // Orders: deletions, then repairs this server can take.
+        let delete: Vec<BlobId> = self
+            .kv
+            .scan(Table::GcOrders, &skey, &key::prefix_end(hb.store.0), crate::ORDERS_PER_HEARTBEAT_MAX)
+            .into_iter()
+            .map(|(k, _)| BlobId(key::read_u64(&k, 8)))
+            .collect();
+        let mut repair = Vec::new();
+        let free = hb.capacity.saturating_sub(hb.used);
+        let mut budget = free;
+        for (k, v) in self.kv.scan(Table::Repair, &[], &[0xff; 9], usize::MAX) {
+            if repair.len() >= crate::ORDERS_PER_HEARTBEAT_MAX {
+                break;
+            }
+            let Ok(mut rr) = codec::decode::<RepairRec>(&v) else { continue };
+            let Some(info) = load::<BlobInfo>(self.kv, Table::Blobs, &k) else {
+                self.kv.delete(Table::Repair, &k);
+                continue;
+            };
+            if self.healthy_copies(&info) >= info.policy.copies() {
+                self.kv.delete(Table::Repair, &k);
+                continue;
+            }
+            if info.stores.contains(&hb.store) || info.len > budget {
+                continue;
+            }
+            if let Some((who, at)) = rr.assigned {
+                if who != hb.store.0 && self.now - at < crate::REPAIR_REASSIGN_NS {
+                    continue;
+                }
+            }
+            let sources: Vec<StoreAddr> = info
+                .stores
+                .iter()
+                .filter_map(|s| {
+                    let r: StoreRec = load(self.kv, Table::Stores, &key::u64(s.0))?;
+                    r.alive.then(|| StoreAddr { store: *s, addr: r.addr })
+                })
+                .collect();
+            if sources.is_empty() {
+                continue; // Every copy is on a failed server: wait for one to come back.
+            }
+            rr.assigned = Some((hb.store.0, self.now));
+            store(self.kv, Table::Repair, &k, &rr);
+            budget -= info.len;
+            repair.push(RepairOrder { blob: BlobId(key::read_u64(&k, 0)), len: info.len, crc: info.crc, sources });
+        }
+        Ok(MetaReply::StoreOrders(StoreOrders { term: Term(0), delete, repair }))
+    }
+
+    fn healthy_copies(&self, info: &BlobInfo) -> usize {
+        info.stores
+            .iter()
+            .filter(|s| load::<StoreRec>(self.kv, Table::Stores, &key::u64(s.0)).is_some_and(|r| r.alive))
+            .count()
+    }
+}

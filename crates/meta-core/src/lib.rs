@@ -1,0 +1,75 @@
+//! The metadata state machine of Shoal: `apply(command) -> reply` over an ordered key-value
+//! store ([`kv::Kv`]). It owns the namespace (inodes, directory entries, file layouts), sessions
+//! and their exactly-once reply table, write intents, the storage-server registry, garbage
+//! collection and repair queues.
+//!
+//! Architecture invariant: this crate does no I/O, reads no clock and iterates no hash map. Time
+//! enters only as [`Command::now`], chosen by the leader when it proposes the entry, so every
+//! replica that applies the same log reaches the same state, byte for byte.
+
+pub mod kv;
+pub mod perm;
+pub mod records;
+
+mod apply;
+mod read;
+
+pub use apply::apply;
+pub use read::read;
+
+use serde::{Deserialize, Serialize};
+use shoal_types::attr::TimeNs;
+use shoal_types::meta_msg::MetaRequest;
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// The leader's clock when it proposed the entry (ns since the epoch).
+    pub now: TimeNs,
+    pub kind: CommandKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// Create the root directory and fix the cluster parameters. A no-op once done.
+    Bootstrap(Params),
+    /// A client's or storage server's request that changes state.
+    Request(MetaRequest),
+    /// Periodic housekeeping: expire sessions and intents, declare silent servers failed.
+    Tick,
+}
+
+/// Cluster parameters, fixed at bootstrap so that every replica applies the same rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    pub session_lease_ns: i64,
+    pub intent_lease_ns: i64,
+    pub store_dead_after_ns: i64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            session_lease_ns: 60_000_000_000,
+            intent_lease_ns: 600_000_000_000,
+            store_dead_after_ns: 5_000_000_000,
+        }
+    }
+}
+
+/// Replies kept per session for retries.
+pub const REPLIES_PER_SESSION_MAX: u64 = 4096;
+/// Entries of a directory removed in one `rmdir`: always 0 (must be empty); listed for symmetry
+/// with the other bounds.
+pub const BLOBS_PER_COMMIT_MAX: usize = 4096;
+/// Orders handed to a storage server per heartbeat.
+pub const ORDERS_PER_HEARTBEAT_MAX: usize = 256;
+/// A repair order not completed after this long is given to another server.
+pub const REPAIR_REASSIGN_NS: TimeNs = 30_000_000_000;
+/// Sessions or intents expired by one tick (the rest wait for the next).
+pub const EXPIRE_PER_TICK_MAX: usize = 1024;
+/// Hard links to one file.
+pub const LINKS_MAX: u32 = 32_000;
+
+#[cfg(test)]
+mod tests;

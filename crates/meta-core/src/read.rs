@@ -1,0 +1,136 @@
+//! Read-only operations, served from the state after a leadership check, without a log entry.
+
+use crate::apply::{attr_of, check_name, dir_of, inode_of, load};
+use crate::kv::{key, KvRead, Table};
+use crate::perm::{self, X};
+use crate::records::*;
+use shoal_types::attr::TimeNs;
+use shoal_types::codec;
+use shoal_types::layout::Slice;
+use shoal_types::meta_msg::*;
+use shoal_types::*;
+
+/// Answer a read request. `now` is the server's view of the cluster clock (for liveness only).
+pub fn read(kv: &impl KvRead, req: &MetaRequest, now: TimeNs) -> MetaResponse {
+    if !req.op.is_read() {
+        return Err(FsError::Invalid("not a read".into()));
+    }
+    read_op(kv, &req.cred, &req.op, now)
+}
+
+pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: TimeNs) -> MetaResponse {
+    match op {
+        MetaOp::Lookup { parent, name } => {
+            let dir = dir_of(kv, parent)?;
+            perm::check(&dir, cred, X)?;
+            if name == "." {
+                return Ok(MetaReply::Attr(attr_of(parent.inode, &dir)));
+            }
+            if name == ".." {
+                let p = dir.parent.unwrap_or(InodeId::ROOT);
+                let rec: InodeRec = load(kv, Table::Inodes, &key::u64(p.0)).ok_or(FsError::Stale)?;
+                return Ok(MetaReply::Attr(attr_of(p, &rec)));
+            }
+            check_name(name)?;
+            let entry: DirentRec = load(kv, Table::Dirents, &key::u64_name(parent.inode.0, name)).ok_or(FsError::NotFound)?;
+            let rec: InodeRec = load(kv, Table::Inodes, &key::u64(entry.inode.0))
+                .ok_or_else(|| FsError::Internal("dangling entry".into()))?;
+            Ok(MetaReply::Attr(attr_of(entry.inode, &rec)))
+        }
+        MetaOp::GetAttr { handle } => Ok(MetaReply::Attr(attr_of(handle.inode, &inode_of(kv, handle)?))),
+        MetaOp::Readlink { handle } => {
+            let rec = inode_of(kv, handle)?;
+            rec.symlink_target.map(MetaReply::Target).ok_or_else(|| FsError::Invalid("not a symlink".into()))
+        }
+        MetaOp::Readdir { dir, cookie, limit } => {
+            let rec = dir_of(kv, dir)?;
+            perm::check(&rec, cred, perm::R)?;
+            let limit = (*limit).clamp(1, READDIR_LIMIT_MAX) as usize;
+            let start = key::u64_u64(dir.inode.0, cookie.saturating_add(1));
+            let rows = kv.scan(Table::DirCookies, &start, &key::prefix_end(dir.inode.0), limit + 1);
+            let eof = rows.len() <= limit;
+            let mut entries = Vec::with_capacity(rows.len().min(limit));
+            for (k, v) in rows.into_iter().take(limit) {
+                let name = String::from_utf8_lossy(&v).into_owned();
+                let Some(entry) = load::<DirentRec>(kv, Table::Dirents, &key::u64_name(dir.inode.0, &name)) else { continue };
+                let generation = load::<InodeRec>(kv, Table::Inodes, &key::u64(entry.inode.0)).map_or(0, |r| r.generation);
+                entries.push(DirEntry {
+                    name,
+                    kind: entry.kind,
+                    handle: FileHandle { volume: VolumeId(1), inode: entry.inode, generation: Generation(generation) },
+                    cookie: key::read_u64(&k, 8),
+                });
+            }
+            Ok(MetaReply::Dir { entries, eof })
+        }
+        MetaOp::GetLayout { handle, first_chunk, n_chunks } => {
+            let rec = inode_of(kv, handle)?;
+            let end = first_chunk.saturating_add((*n_chunks).max(1));
+            let rows = kv.scan(Table::Chunks, &key::u64_u64(handle.inode.0, *first_chunk), &key::u64_u64(handle.inode.0, end), usize::MAX);
+            let mut chunks = Vec::with_capacity(rows.len());
+            let mut blob_ids: Vec<BlobId> = Vec::new();
+            for (k, v) in rows {
+                let slices: Vec<Slice> = codec::decode(&v).map_err(|e| FsError::Corrupt(e.to_string()))?;
+                blob_ids.extend(slices.iter().filter_map(|s| s.blob));
+                chunks.push((key::read_u64(&k, 8), slices));
+            }
+            blob_ids.sort();
+            blob_ids.dedup();
+            let mut blobs = Vec::with_capacity(blob_ids.len());
+            for b in blob_ids {
+                let info: BlobInfo = load(kv, Table::Blobs, &key::u64(b.0)).ok_or_else(|| FsError::Internal(format!("blob {b} unknown")))?;
+                let mut stores = Vec::new();
+                let mut dead = Vec::new();
+                for s in &info.stores {
+                    if let Some(r) = load::<StoreRec>(kv, Table::Stores, &key::u64(s.0)) {
+                        // Live servers first; failed ones last, as a last resort.
+                        if r.alive { stores.push(StoreAddr { store: *s, addr: r.addr }) } else { dead.push(StoreAddr { store: *s, addr: r.addr }) }
+                    }
+                }
+                stores.extend(dead);
+                blobs.push(BlobLocation { blob: b, len: info.len, crc: info.crc, stores });
+            }
+            Ok(MetaReply::Layout(Layout { attr: attr_of(handle.inode, &rec), chunks, blobs }))
+        }
+        MetaOp::Statfs => {
+            let (capacity, used) = stores(kv).iter().filter(|(_, r)| r.alive).fold((0u64, 0u64), |(c, u), (_, r)| (c + r.capacity, u + r.used));
+            let counters: Counters = load(kv, Table::Meta, crate::apply::COUNTERS_KEY).unwrap_or_default();
+            // Figures are in logical bytes: raw bytes divided by the default number of copies.
+            let copies = Policy::DEFAULT.copies() as u64;
+            Ok(MetaReply::Statfs(Statfs {
+                capacity: capacity / copies,
+                used: used / copies,
+                available: capacity.saturating_sub(used) / copies,
+                files: counters.files,
+                block_size: 4096,
+            }))
+        }
+        MetaOp::Status => Ok(MetaReply::Status(status(kv))),
+        other => Err(FsError::Invalid(format!("not a read: {other:?}"))),
+    }
+}
+
+fn stores(kv: &impl KvRead) -> Vec<(StoreId, StoreRec)> {
+    kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX)
+        .into_iter()
+        .filter_map(|(k, v)| Some((StoreId(key::read_u64(&k, 0)), codec::decode::<StoreRec>(&v).ok()?)))
+        .collect()
+}
+
+/// The state machine's part of `shoal status`; the server adds Raft's part.
+pub fn status(kv: &impl KvRead) -> ClusterStatus {
+    let counters: Counters = load(kv, Table::Meta, crate::apply::COUNTERS_KEY).unwrap_or_default();
+    let count = |t: Table| kv.scan(t, &[], &[0xff; 17], usize::MAX).len() as u64;
+    ClusterStatus {
+        stores: stores(kv)
+            .into_iter()
+            .map(|(id, r)| StoreStatus { id, addr: r.addr, capacity: r.capacity, used: r.used, last_heartbeat: r.last_heartbeat, alive: r.alive, blobs: r.blobs })
+            .collect(),
+        files: counters.files,
+        blobs: count(Table::Blobs),
+        blobs_under_replicated: count(Table::Repair),
+        blobs_awaiting_gc: count(Table::GcOrders),
+        sessions: count(Table::Sessions),
+        ..Default::default()
+    }
+}

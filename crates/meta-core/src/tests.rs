@@ -1,0 +1,289 @@
+use crate::kv::{MemKv, Table};
+use crate::*;
+use shoal_types::layout::Slice;
+use shoal_types::meta_msg::*;
+use shoal_types::*;
+
+/// A tiny driver: one state, one session, a clock that advances 1 ms per command.
+struct T {
+    kv: MemKv,
+    now: i64,
+    session: SessionId,
+    seq: u64,
+    cred: Credentials,
+}
+
+impl T {
+    fn new() -> T {
+        let mut t = T { kv: MemKv::default(), now: 1_000_000_000, session: SessionId(0), seq: 0, cred: Credentials::ROOT };
+        t.cmd(CommandKind::Bootstrap(Params::default())).unwrap();
+        match t.cmd(CommandKind::Request(t.req(MetaOp::OpenSession { client: "test".into() }))).unwrap() {
+            MetaReply::Session { session, .. } => t.session = session,
+            other => panic!("{other:?}"),
+        }
+        t
+    }
+    fn cmd(&mut self, kind: CommandKind) -> MetaResponse {
+        self.now += 1_000_000;
+        apply(&mut self.kv, &Command { now: self.now, kind })
+    }
+    fn req(&self, op: MetaOp) -> MetaRequest {
+        MetaRequest { session: self.session, seq: self.seq, cred: self.cred.clone(), op }
+    }
+    /// A mutation with a fresh sequence number.
+    fn op(&mut self, op: MetaOp) -> MetaResponse {
+        self.seq += 1;
+        let r = self.req(op);
+        self.cmd(CommandKind::Request(r))
+    }
+    /// Send the same sequence number again (a retry).
+    fn retry(&mut self, op: MetaOp) -> MetaResponse {
+        let r = self.req(op);
+        self.cmd(CommandKind::Request(r))
+    }
+    fn read(&self, op: MetaOp) -> MetaResponse {
+        read(&self.kv, &self.req(op), self.now)
+    }
+    fn must_create(&mut self, parent: FileHandle, name: &str) -> Attr {
+        match self.op(MetaOp::Create { parent, name: name.into(), kind: FileKind::File, mode: 0o644, rdev: 0, exclusive: true }) {
+            Ok(MetaReply::Attr(a)) => a,
+            other => panic!("create {name}: {other:?}"),
+        }
+    }
+    fn must_mkdir(&mut self, parent: FileHandle, name: &str) -> Attr {
+        match self.op(MetaOp::Mkdir { parent, name: name.into(), mode: 0o755 }) {
+            Ok(MetaReply::Attr(a)) => a,
+            other => panic!("mkdir {name}: {other:?}"),
+        }
+    }
+    fn lookup(&self, parent: FileHandle, name: &str) -> FsResult<Attr> {
+        match self.read(MetaOp::Lookup { parent, name: name.into() })? {
+            MetaReply::Attr(a) => Ok(a),
+            other => panic!("{other:?}"),
+        }
+    }
+    fn list(&self, dir: FileHandle) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut cookie = 0;
+        loop {
+            let MetaReply::Dir { entries, eof } = self.read(MetaOp::Readdir { dir, cookie, limit: 2 }).unwrap() else { panic!() };
+            for e in entries {
+                cookie = e.cookie;
+                names.push(e.name);
+            }
+            if eof {
+                return names;
+            }
+        }
+    }
+    fn must_add_stores(&mut self, n: u64) {
+        for i in 1..=n {
+            self.cmd(CommandKind::Request(self.req(MetaOp::RegisterStore {
+                store: StoreId(i),
+                addr: format!("127.0.0.1:{}", 7000 + i),
+                capacity: 1 << 30,
+                used: 0,
+            })))
+            .unwrap();
+        }
+    }
+    fn must_write(&mut self, file: FileHandle, len: u64) -> BlobId {
+        let Ok(MetaReply::Intent(intent)) = self.op(MetaOp::AllocBlobs { handle: file, count: 1, bytes: len }) else { panic!() };
+        let blob = intent.blobs[0];
+        let stores = intent.targets.iter().take(3).map(|t| t.store).collect();
+        self.op(MetaOp::Commit(Commit {
+            handle: file,
+            base_version: None,
+            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len }] }],
+            size: len,
+            mtime: self.now,
+            blobs: vec![NewBlob { blob, len, crc: 0, stores }],
+        }))
+        .unwrap();
+        blob
+    }
+}
+
+const ROOT: FileHandle = FileHandle::ROOT;
+
+#[test]
+fn create_lookup_and_list() {
+    let mut t = T::new();
+    let a = t.must_create(ROOT, "a");
+    let d = t.must_mkdir(ROOT, "d");
+    assert_eq!(t.lookup(ROOT, "a").unwrap().handle, a.handle);
+    assert_eq!(t.lookup(ROOT, "d").unwrap().kind, FileKind::Dir);
+    assert_eq!(t.lookup(ROOT, "nope"), Err(FsError::NotFound));
+    assert_eq!(t.list(ROOT), vec!["a", "d"]);
+    assert_eq!(t.lookup(d.handle, "..").unwrap().handle, ROOT);
+    let root = t.lookup(ROOT, ".").unwrap();
+    assert_eq!(root.nlink, 3);
+}
+
+#[test]
+fn retried_exclusive_create_and_unlink_get_their_first_answer() {
+    let mut t = T::new();
+    let op = MetaOp::Create { parent: ROOT, name: "x".into(), kind: FileKind::File, mode: 0o644, rdev: 0, exclusive: true };
+    let first = t.op(op.clone());
+    assert!(matches!(first, Ok(MetaReply::Attr(_))));
+    assert_eq!(t.retry(op.clone()), first, "a retry returns the first success, not 'exists'");
+    // A new request (new sequence number) does see "exists".
+    assert_eq!(t.op(op), Err(FsError::Exists));
+    let unlink = MetaOp::Unlink { parent: ROOT, name: "x".into() };
+    assert_eq!(t.op(unlink.clone()), Ok(MetaReply::Ok));
+    assert_eq!(t.retry(unlink), Ok(MetaReply::Ok), "a retried unlink does not say 'not found'");
+}
+
+#[test]
+fn expired_session_is_refused_not_reexecuted() {
+    let mut t = T::new();
+    t.must_create(ROOT, "a");
+    t.now += Params::default().session_lease_ns + 1;
+    t.cmd(CommandKind::Tick).unwrap();
+    let r = t.retry(MetaOp::Create { parent: ROOT, name: "b".into(), kind: FileKind::File, mode: 0o644, rdev: 0, exclusive: true });
+    assert_eq!(r, Err(FsError::SessionExpired));
+    assert_eq!(t.kv.len(Table::Replies), 0, "the reply table of an expired session is dropped");
+}
+
+#[test]
+fn rename_rules() {
+    let mut t = T::new();
+    let a = t.must_mkdir(ROOT, "a");
+    let b = t.must_mkdir(a.handle, "b");
+    let r = t.op(MetaOp::Rename { parent: ROOT, name: "a".into(), new_parent: b.handle, new_name: "x".into(), no_replace: false });
+    assert!(matches!(r, Err(FsError::Invalid(_))), "no directory into its own subtree: {r:?}");
+    // Over an existing file: atomic replace.
+    let f = t.must_create(ROOT, "f");
+    let g = t.must_create(ROOT, "g");
+    t.op(MetaOp::Rename { parent: ROOT, name: "f".into(), new_parent: ROOT, new_name: "g".into(), no_replace: false }).unwrap();
+    assert_eq!(t.lookup(ROOT, "g").unwrap().handle, f.handle);
+    assert_eq!(t.read(MetaOp::GetAttr { handle: g.handle }), Err(FsError::Stale));
+    // A directory over a non-empty directory is refused; over an empty one it works.
+    let c = t.must_mkdir(ROOT, "c");
+    t.must_create(c.handle, "inside");
+    let r = t.op(MetaOp::Rename { parent: a.handle, name: "b".into(), new_parent: ROOT, new_name: "c".into(), no_replace: false });
+    assert_eq!(r, Err(FsError::NotEmpty));
+    t.must_mkdir(ROOT, "e");
+    t.op(MetaOp::Rename { parent: a.handle, name: "b".into(), new_parent: ROOT, new_name: "e".into(), no_replace: false }).unwrap();
+    assert_eq!(t.lookup(ROOT, "e").unwrap().handle, b.handle);
+    assert_eq!(t.lookup(b.handle, "..").unwrap().handle, ROOT);
+    assert_eq!(t.lookup(a.handle, ".").unwrap().nlink, 2);
+}
+
+#[test]
+fn unlinked_open_file_lives_until_release() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    t.op(MetaOp::Open { handle: f.handle }).unwrap();
+    t.must_write(f.handle, 100);
+    t.op(MetaOp::Unlink { parent: ROOT, name: "f".into() }).unwrap();
+    assert_eq!(t.lookup(ROOT, "f"), Err(FsError::NotFound));
+    let attr = t.read(MetaOp::GetAttr { handle: f.handle }).unwrap();
+    assert!(matches!(attr, MetaReply::Attr(Attr { nlink: 0, size: 100, .. })));
+    t.op(MetaOp::Release { handle: f.handle }).unwrap();
+    assert_eq!(t.read(MetaOp::GetAttr { handle: f.handle }), Err(FsError::Stale));
+    assert_eq!(t.kv.len(Table::GcOrders), 3, "its blob is ordered deleted on all three holders");
+}
+
+#[test]
+fn overwrite_frees_the_old_blob_and_commit_needs_a_live_intent() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let f = t.must_create(ROOT, "f");
+    let b1 = t.must_write(f.handle, 100);
+    let b2 = t.must_write(f.handle, 100);
+    assert_ne!(b1, b2);
+    assert_eq!(t.kv.len(Table::Blobs), 1);
+    assert_eq!(t.kv.len(Table::GcOrders), 3);
+    // An intent that expired cannot be committed.
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+    t.now += Params::default().intent_lease_ns + 1;
+    t.cmd(CommandKind::Tick).unwrap();
+    let Ok(MetaReply::Session { session, .. }) = t.cmd(CommandKind::Request(t.req(MetaOp::OpenSession { client: "again".into() }))) else { panic!() };
+    t.session = session;
+    let r = t.op(MetaOp::Commit(Commit {
+        handle: f.handle,
+        base_version: None,
+        chunks: vec![],
+        size: 10,
+        mtime: 0,
+        blobs: vec![NewBlob { blob: intent.blobs[0], len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2)] }],
+    }));
+    assert_eq!(r, Err(FsError::IntentExpired));
+}
+
+#[test]
+fn truncate_then_extend_reads_zeros() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    t.must_write(f.handle, 100);
+    t.op(MetaOp::SetAttr { handle: f.handle, set: SetAttr { size: Some(10), ..Default::default() } }).unwrap();
+    t.op(MetaOp::SetAttr { handle: f.handle, set: SetAttr { size: Some(100), ..Default::default() } }).unwrap();
+    let MetaReply::Layout(layout) = t.read(MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).unwrap() else { panic!() };
+    let extents = shoal_types::layout::resolve_chunk(&layout.chunks[0].1, 100);
+    assert_eq!(extents.len(), 2);
+    assert_eq!((extents[0].len, extents[0].blob.is_some()), (10, true));
+    assert_eq!((extents[1].len, extents[1].blob.is_some()), (90, false));
+}
+
+#[test]
+fn readdir_cookies_survive_removals() {
+    let mut t = T::new();
+    for i in 0..10 {
+        t.must_create(ROOT, &format!("f{i}"));
+    }
+    // Read two pages, then remove entries on both sides of the cursor, then finish.
+    let MetaReply::Dir { entries, .. } = t.read(MetaOp::Readdir { dir: ROOT, cookie: 0, limit: 4 }).unwrap() else { panic!() };
+    let cookie = entries.last().unwrap().cookie;
+    t.op(MetaOp::Unlink { parent: ROOT, name: "f1".into() }).unwrap();
+    t.op(MetaOp::Unlink { parent: ROOT, name: "f7".into() }).unwrap();
+    let MetaReply::Dir { entries: rest, eof } = t.read(MetaOp::Readdir { dir: ROOT, cookie, limit: 100 }).unwrap() else { panic!() };
+    assert!(eof);
+    let names: Vec<_> = entries.iter().chain(rest.iter()).map(|e| e.name.clone()).collect();
+    assert_eq!(names, vec!["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f8", "f9"]);
+}
+
+#[test]
+fn permissions_are_enforced_from_credentials() {
+    let mut t = T::new();
+    let d = t.must_mkdir(ROOT, "home");
+    t.op(MetaOp::SetAttr { handle: d.handle, set: SetAttr { uid: Some(1000), gid: Some(1000), mode: Some(0o755), ..Default::default() } }).unwrap();
+    t.cred = Credentials { uid: 2000, gid: 2000, groups: vec![] };
+    let r = t.op(MetaOp::Create { parent: d.handle, name: "x".into(), kind: FileKind::File, mode: 0o644, rdev: 0, exclusive: true });
+    assert_eq!(r, Err(FsError::PermissionDenied));
+    t.cred = Credentials { uid: 1000, gid: 1000, groups: vec![] };
+    t.must_create(d.handle, "x");
+}
+
+#[test]
+fn full_cluster_says_no_space() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    let r = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 2 << 30 });
+    assert_eq!(r, Err(FsError::NoSpace));
+}
+
+#[test]
+fn replicas_apply_identically() {
+    // Two replicas applying the same log reach byte-identical state.
+    let mut a = T::new();
+    a.must_add_stores(4);
+    let d = a.must_mkdir(ROOT, "d");
+    for i in 0..20 {
+        let f = a.must_create(d.handle, &format!("f{i}"));
+        a.must_write(f.handle, 10 + i);
+    }
+    let log_len = a.now;
+    let _ = log_len;
+    let mut b = T::new();
+    b.must_add_stores(4);
+    let d2 = b.must_mkdir(ROOT, "d");
+    for i in 0..20 {
+        let f = b.must_create(d2.handle, &format!("f{i}"));
+        b.must_write(f.handle, 10 + i);
+    }
+    assert_eq!(a.kv, b.kv);
+}

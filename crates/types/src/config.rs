@@ -1,0 +1,95 @@
+//! Configuration files (TOML) written by `shoal init` and read by every process.
+
+use crate::ids::{MetaNodeId, StoreId};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Paths of the PEM files a process presents and trusts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaPeer {
+    pub id: MetaNodeId,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaConfig {
+    pub id: MetaNodeId,
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub peers: Vec<MetaPeer>,
+    pub tls: TlsFiles,
+    #[serde(default = "defaults::cache_size_bytes")]
+    pub cache_size_bytes: u64,
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub raft_heartbeat_ms: u64,
+    #[serde(default = "defaults::election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "defaults::election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+    #[serde(default = "defaults::session_lease_ms")]
+    pub session_lease_ms: u64,
+    #[serde(default = "defaults::intent_lease_ms")]
+    pub intent_lease_ms: u64,
+    /// A storage server silent this long is declared failed.
+    #[serde(default = "defaults::store_dead_after_ms")]
+    pub store_dead_after_ms: u64,
+    #[serde(default = "defaults::snapshot_every_entries")]
+    pub snapshot_every_entries: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    pub id: StoreId,
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub meta: Vec<MetaPeer>,
+    pub tls: TlsFiles,
+    /// Bytes this server may use; 0 means the free space of its disk.
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    #[serde(default = "defaults::store_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub meta: Vec<MetaPeer>,
+    pub tls: TlsFiles,
+}
+
+pub mod defaults {
+    pub fn cache_size_bytes() -> u64 {
+        256 << 20
+    }
+    pub fn heartbeat_interval_ms() -> u64 {
+        100
+    }
+    pub fn election_timeout_min_ms() -> u64 {
+        400
+    }
+    pub fn election_timeout_max_ms() -> u64 {
+        800
+    }
+    pub fn session_lease_ms() -> u64 {
+        60_000
+    }
+    pub fn intent_lease_ms() -> u64 {
+        600_000
+    }
+    pub fn store_dead_after_ms() -> u64 {
+        5_000
+    }
+    pub fn snapshot_every_entries() -> u64 {
+        20_000
+    }
+    pub fn store_heartbeat_ms() -> u64 {
+        1_000
+    }
+}

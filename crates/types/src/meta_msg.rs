@@ -1,0 +1,237 @@
+//! The metadata service's protocol: what clients and storage servers ask of `meta`.
+//! Reads are answered from the state machine after one leadership check; every other operation
+//! goes through the Raft log as a command (see `shoal-meta-core`).
+
+use crate::attr::{Attr, Credentials, FileKind, SetAttr, TimeNs};
+use crate::error::FsError;
+use crate::ids::*;
+use crate::layout::{ChunkIdx, Policy, Slice};
+use serde::{Deserialize, Serialize};
+
+/// Longest name of one directory entry.
+pub const NAME_LEN_MAX: usize = 255;
+/// Most directory entries returned by one `Readdir`.
+pub const READDIR_LIMIT_MAX: u32 = 4096;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetaRequest {
+    /// Zero before a session is opened (only `OpenSession` and reads are allowed then).
+    pub session: SessionId,
+    /// Sequence number for exactly-once; zero for reads. Strictly increasing per session.
+    pub seq: u64,
+    pub cred: Credentials,
+    pub op: MetaOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaOp {
+    // Sessions.
+    OpenSession { client: String },
+    RenewSession,
+    CloseSession,
+
+    // Reads (linearizable, not logged).
+    Lookup { parent: FileHandle, name: String },
+    GetAttr { handle: FileHandle },
+    Readdir { dir: FileHandle, cookie: u64, limit: u32 },
+    Readlink { handle: FileHandle },
+    GetLayout { handle: FileHandle, first_chunk: ChunkIdx, n_chunks: u64 },
+    Statfs,
+    Status,
+
+    // Namespace mutations.
+    SetAttr { handle: FileHandle, set: SetAttr },
+    Create { parent: FileHandle, name: String, kind: FileKind, mode: u32, rdev: u32, exclusive: bool },
+    Mkdir { parent: FileHandle, name: String, mode: u32 },
+    Symlink { parent: FileHandle, name: String, target: String },
+    Link { handle: FileHandle, new_parent: FileHandle, new_name: String },
+    Unlink { parent: FileHandle, name: String },
+    Rmdir { parent: FileHandle, name: String },
+    Rename { parent: FileHandle, name: String, new_parent: FileHandle, new_name: String, no_replace: bool },
+    /// Record that this session holds the file open (keeps an unlinked file alive).
+    Open { handle: FileHandle },
+    Release { handle: FileHandle },
+
+    // Data path.
+    /// Reserve blob ids and placement for `bytes` of new data to `handle`.
+    AllocBlobs { handle: FileHandle, count: u32, bytes: u64 },
+    /// Publish a new file version: slices laid over the named chunks, new size and mtime.
+    Commit(Commit),
+
+    // Storage servers.
+    RegisterStore { store: StoreId, addr: String, capacity: u64, used: u64 },
+    StoreHeartbeat(StoreHeartbeat),
+}
+
+impl MetaOp {
+    /// Reads are served without a log entry.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            MetaOp::Lookup { .. }
+                | MetaOp::GetAttr { .. }
+                | MetaOp::Readdir { .. }
+                | MetaOp::Readlink { .. }
+                | MetaOp::GetLayout { .. }
+                | MetaOp::Statfs
+                | MetaOp::Status
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub handle: FileHandle,
+    /// The version the writer started from; `None` commits over whatever is current (last close
+    /// wins). A fencing writer names it and gets `VersionConflict` if another commit came first.
+    pub base_version: Option<VersionNo>,
+    pub chunks: Vec<ChunkUpdate>,
+    /// New file size (the writer's view after its writes).
+    pub size: u64,
+    pub mtime: TimeNs,
+    /// Blobs written for this commit, with the servers holding a durable copy.
+    pub blobs: Vec<NewBlob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkUpdate {
+    pub idx: ChunkIdx,
+    /// Laid over the chunk's existing slices, in order.
+    pub slices: Vec<Slice>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewBlob {
+    pub blob: BlobId,
+    pub len: u64,
+    pub crc: u32,
+    pub stores: Vec<StoreId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreHeartbeat {
+    pub store: StoreId,
+    pub addr: String,
+    pub capacity: u64,
+    pub used: u64,
+    /// Blobs deleted on the order of garbage collection since the last heartbeat.
+    pub deleted: Vec<BlobId>,
+    /// Blobs this server now holds durably after a repair order.
+    pub repaired: Vec<BlobId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaReply {
+    Ok,
+    Session { session: SessionId, lease_ms: u64 },
+    Attr(Attr),
+    Dir { entries: Vec<DirEntry>, eof: bool },
+    Target(String),
+    Layout(Layout),
+    Statfs(Statfs),
+    Status(ClusterStatus),
+    Intent(Intent),
+    /// Answer to a storage heartbeat: orders for that server, fenced by `term`.
+    StoreOrders(StoreOrders),
+}
+
+pub type MetaResponse = Result<MetaReply, FsError>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub handle: FileHandle,
+    /// Resume a listing after this entry by passing this cookie.
+    pub cookie: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub attr: Attr,
+    pub chunks: Vec<(ChunkIdx, Vec<Slice>)>,
+    pub blobs: Vec<BlobLocation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobLocation {
+    pub blob: BlobId,
+    pub len: u64,
+    pub crc: u32,
+    pub stores: Vec<StoreAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreAddr {
+    pub store: StoreId,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub blobs: Vec<BlobId>,
+    /// Distinct servers to put every blob to, best first.
+    pub targets: Vec<StoreAddr>,
+    pub policy: Policy,
+    /// Commit must happen before this time (ns, cluster clock) or it is refused.
+    pub expires: TimeNs,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statfs {
+    pub capacity: u64,
+    pub used: u64,
+    pub available: u64,
+    pub files: u64,
+    pub block_size: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreOrders {
+    pub term: Term,
+    pub delete: Vec<BlobId>,
+    pub repair: Vec<RepairOrder>,
+}
+
+/// Make a copy of `blob` on the receiving server, fetching it from one of `sources`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairOrder {
+    pub blob: BlobId,
+    pub len: u64,
+    pub crc: u32,
+    pub sources: Vec<StoreAddr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub leader: Option<MetaNodeId>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub members: Vec<MemberStatus>,
+    pub stores: Vec<StoreStatus>,
+    pub files: u64,
+    pub blobs: u64,
+    pub blobs_under_replicated: u64,
+    pub blobs_awaiting_gc: u64,
+    pub sessions: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: MetaNodeId,
+    pub addr: String,
+    pub voter: bool,
+    /// Log index this member is known to have matched (leader's view).
+    pub matched: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub id: StoreId,
+    pub addr: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub last_heartbeat: TimeNs,
+    pub alive: bool,
+    pub blobs: u64,
+}
