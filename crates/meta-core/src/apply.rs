@@ -831,6 +831,11 @@ impl<K: Kv> Sm<'_, K> {
                 }
             }
         }
+        // A commit that shrinks the file cuts what lies past the new end, so a later extension
+        // reads zeros and the space is freed.
+        if c.size < rec.size {
+            self.truncate(c.handle.inode, &mut rec, c.size);
+        }
         rec.size = c.size;
         rec.mtime = c.mtime;
         rec.ctime = self.now;

@@ -235,3 +235,28 @@ pub struct StoreStatus {
     pub alive: bool,
     pub blobs: u64,
 }
+
+/// What travels on a metadata server's port: client requests, and Raft messages between metadata
+/// nodes. A Raft message itself (an openraft type) is encoded in the frame's payload, so this
+/// crate does not depend on openraft.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaWireReq {
+    Client(MetaRequest),
+    Raft(RaftRpc),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaWireResp {
+    Client(MetaResponse),
+    /// The Raft reply is in the payload.
+    Raft,
+    /// The request was refused before reaching Raft (for example: not from a metadata node).
+    Refused(FsError),
+}

@@ -26,3 +26,5 @@ pub enum StoreReply {
     Data { len: u64 },
     Stat { capacity: u64, used: u64, blobs: u64 },
 }
+
+pub type StoreResponse = Result<StoreReply, crate::FsError>;

@@ -1,0 +1,212 @@
+//! A local cluster in one directory: `shoal init`, `up`, `down`.
+//!
+//! ```text
+//! DIR/cluster.toml          name and layout of the local cluster
+//! DIR/tls/                  ca.crt, ca.key, one certificate per process, client.crt
+//! DIR/meta-N/meta.toml      metadata node N: config, redb database, snapshots
+//! DIR/store-N/store.toml    storage server N: config, blobs
+//! DIR/client.toml           how clients find and trust the cluster
+//! DIR/logs/, DIR/pids/      process logs and pid files
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use shoal_pki::{Ca, Role};
+use shoal_types::config::*;
+use shoal_types::{MetaNodeId, StoreId};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub name: String,
+    pub metas: Vec<MetaPeer>,
+    pub stores: Vec<StoreEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoreEntry {
+    pub id: StoreId,
+    pub addr: String,
+}
+
+/// Ports free right now on loopback (the OS picks them).
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
+}
+
+fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    std::fs::write(path, toml::to_string_pretty(value)?).with_context(|| format!("write {}", path.display()))
+}
+
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+pub struct InitOptions {
+    pub metas: usize,
+    pub stores: usize,
+    pub store_capacity_bytes: u64,
+}
+
+/// Create the CA, certificates and configuration of a local cluster under `dir`.
+pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
+    if dir.join("cluster.toml").exists() {
+        bail!("{} already holds a cluster (cluster.toml exists)", dir.display());
+    }
+    std::fs::create_dir_all(dir.join("tls"))?;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    std::fs::create_dir_all(dir.join("pids"))?;
+    let dir = dir.canonicalize()?;
+    let tls_dir = dir.join("tls");
+    let name = format!("shoal-{:08x}", rand_u32());
+    let ca = Ca::generate(&name)?;
+    shoal_pki::write_ca(&tls_dir, &ca)?;
+    let ports = free_ports(opts.metas + opts.stores)?;
+    let metas: Vec<MetaPeer> =
+        (0..opts.metas).map(|i| MetaPeer { id: MetaNodeId(i as u64 + 1), addr: format!("127.0.0.1:{}", ports[i]) }).collect();
+    let stores: Vec<StoreEntry> = (0..opts.stores)
+        .map(|i| StoreEntry { id: StoreId(i as u64 + 1), addr: format!("127.0.0.1:{}", ports[opts.metas + i]) })
+        .collect();
+    for m in &metas {
+        let node = format!("meta-{}", m.id);
+        let tls = shoal_pki::write_files(&tls_dir, &node, &ca.issue(Role::Meta, &node, &[])?)?;
+        let data_dir = dir.join(&node);
+        std::fs::create_dir_all(&data_dir)?;
+        let cfg = MetaConfig {
+            id: m.id,
+            listen: m.addr.clone(),
+            data_dir: data_dir.clone(),
+            peers: metas.clone(),
+            tls,
+            cache_size_bytes: defaults::cache_size_bytes(),
+            raft_heartbeat_ms: defaults::heartbeat_interval_ms(),
+            election_timeout_min_ms: defaults::election_timeout_min_ms(),
+            election_timeout_max_ms: defaults::election_timeout_max_ms(),
+            session_lease_ms: defaults::session_lease_ms(),
+            intent_lease_ms: defaults::intent_lease_ms(),
+            store_dead_after_ms: defaults::store_dead_after_ms(),
+            snapshot_every_entries: defaults::snapshot_every_entries(),
+        };
+        write_toml(&data_dir.join("meta.toml"), &cfg)?;
+    }
+    for s in &stores {
+        let node = format!("store-{}", s.id);
+        let tls = shoal_pki::write_files(&tls_dir, &node, &ca.issue(Role::Store, &node, &[])?)?;
+        let data_dir = dir.join(&node);
+        std::fs::create_dir_all(&data_dir)?;
+        let cfg = StoreConfig {
+            id: s.id,
+            listen: s.addr.clone(),
+            data_dir: data_dir.clone(),
+            meta: metas.clone(),
+            tls,
+            capacity_bytes: opts.store_capacity_bytes,
+            heartbeat_ms: defaults::store_heartbeat_ms(),
+        };
+        write_toml(&data_dir.join("store.toml"), &cfg)?;
+    }
+    let tls = shoal_pki::write_files(&tls_dir, "client", &ca.issue(Role::Client, "client", &[])?)?;
+    write_toml(&dir.join("client.toml"), &ClientConfig { meta: metas.clone(), tls })?;
+    let cluster = ClusterFile { name, metas, stores };
+    write_toml(&dir.join("cluster.toml"), &cluster)?;
+    Ok(cluster)
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u32) ^ std::process::id().rotate_left(16)
+}
+
+/// One process of the local cluster.
+#[derive(Clone, Debug)]
+pub struct Proc {
+    pub name: String,
+    pub role: &'static str,
+    pub config: PathBuf,
+}
+
+pub fn procs(dir: &Path, cluster: &ClusterFile) -> Vec<Proc> {
+    let mut out = Vec::new();
+    for m in &cluster.metas {
+        let name = format!("meta-{}", m.id);
+        out.push(Proc { config: dir.join(&name).join("meta.toml"), name, role: "meta" });
+    }
+    for s in &cluster.stores {
+        let name = format!("store-{}", s.id);
+        out.push(Proc { config: dir.join(&name).join("store.toml"), name, role: "store" });
+    }
+    out
+}
+
+fn pid_path(dir: &Path, p: &Proc) -> PathBuf {
+    dir.join("pids").join(format!("{}.pid", p.name))
+}
+
+pub fn running_pid(dir: &Path, p: &Proc) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_path(dir, p)).ok()?.trim().parse().ok()?;
+    // Signal 0 checks existence; a zombie or a reused pid of another program is possible but rare.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    (alive && cmdline.contains("shoal")).then_some(pid)
+}
+
+/// Start every process not already running. `detach` puts them in their own session so they
+/// outlive this command.
+pub fn start_procs(dir: &Path, cluster: &ClusterFile, detach: bool) -> Result<Vec<std::process::Child>> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("find the shoal binary")?;
+    let mut children = Vec::new();
+    for p in procs(dir, cluster) {
+        if running_pid(dir, &p).is_some() {
+            continue;
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("logs").join(format!("{}.log", p.name)))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg(p.role).arg("--config").arg(&p.config).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        if detach {
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().with_context(|| format!("start {}", p.name))?;
+        std::fs::write(pid_path(dir, &p), child.id().to_string())?;
+        children.push(child);
+    }
+    Ok(children)
+}
+
+/// Stop every process of the cluster: SIGTERM, then SIGKILL after `grace`.
+pub fn stop_procs(dir: &Path, cluster: &ClusterFile, grace: Duration) -> Result<usize> {
+    let mut pids = Vec::new();
+    for p in procs(dir, cluster) {
+        if let Some(pid) = running_pid(dir, &p) {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            pids.push((p, pid));
+        }
+    }
+    let deadline = Instant::now() + grace;
+    for (p, pid) in &pids {
+        while unsafe { libc::kill(*pid, 0) } == 0 && Instant::now() < deadline {
+            reap(*pid);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if unsafe { libc::kill(*pid, 0) } == 0 {
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            reap(*pid);
+        }
+        let _ = std::fs::remove_file(pid_path(dir, p));
+    }
+    Ok(pids.len())
+}
+
+fn reap(pid: i32) {
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+}

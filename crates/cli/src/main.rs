@@ -1,0 +1,240 @@
+//! `shoal`: one binary for every role (`meta`, `store`), for running a local cluster (`init`,
+//! `up`, `down`, `status`) and for file commands without a mount (`put`, `get`, `cp`, `ls`, ...).
+//! Errors are turned into a message and an exit code in one place, [`exit_code`].
+
+mod cluster;
+mod files;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use shoal_client::Client;
+use shoal_types::config::{ClientConfig, MetaConfig, StoreConfig};
+use shoal_types::{Credentials, FsError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "Shoal: a distributed file system")]
+struct Cli {
+    /// The local cluster's directory (default: $SHOAL_DIR, else ~/shoal-dev).
+    #[arg(long, global = true, env = "SHOAL_DIR")]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a local cluster: CA, certificates and configuration.
+    Init {
+        #[arg(long, default_value_t = 3)]
+        metas: usize,
+        #[arg(long, default_value_t = 4)]
+        stores: usize,
+        /// Bytes each storage server may use (0: its disk's free space).
+        #[arg(long, default_value_t = 0)]
+        store_capacity: u64,
+    },
+    /// Start the local cluster (initializing it first if needed); returns once healthy with
+    /// --detach, else stays in the foreground and stops everything on Ctrl-C.
+    Up {
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the local cluster.
+    Down,
+    /// Leader, term, members, storage servers, capacity and health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a metadata node.
+    Meta {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a storage server.
+    Store {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Upload a local file.
+    Put { local: PathBuf, remote: String },
+    /// Download a file.
+    Get { remote: String, local: PathBuf },
+    /// Copy local to cluster (`shoal cp -r ./src /src`), or cluster to local with a `shoal:` prefix
+    /// on the source (`shoal cp shoal:/x ./x`).
+    Cp {
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        src: String,
+        dst: String,
+    },
+    Ls {
+        #[arg(short = 'l')]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    Mkdir {
+        #[arg(short = 'p')]
+        parents: bool,
+        path: String,
+    },
+    Mv { src: String, dst: String },
+    Rm {
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        path: String,
+    },
+    Stat { path: String },
+    Cat { path: String },
+    Chmod { mode: String, path: String },
+    Chown { owner: String, path: String },
+    Ln {
+        #[arg(short = 's')]
+        symbolic: bool,
+        target: String,
+        path: String,
+    },
+    Df,
+}
+
+fn cluster_dir(cli_dir: &Option<PathBuf>) -> PathBuf {
+    cli_dir.clone().unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        home.join("shoal-dev")
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info,openraft=warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(run(cli));
+    if let Err(e) = result {
+        let (code, msg) = exit_code(&e);
+        eprintln!("shoal: {msg}");
+        std::process::exit(code);
+    }
+}
+
+/// The one place errors become an exit code and a message.
+fn exit_code(e: &anyhow::Error) -> (i32, String) {
+    let msg = format!("{e:#}");
+    let code = match e.downcast_ref::<FsError>() {
+        Some(FsError::NotFound) => 2,
+        Some(FsError::Stale) => 3,
+        Some(FsError::PermissionDenied | FsError::NotPermitted) => 4,
+        Some(FsError::NoSpace) => 5,
+        Some(FsError::Exists) => 6,
+        Some(FsError::Unavailable(_) | FsError::NotLeader { .. }) => 7,
+        _ => 1,
+    };
+    (code, msg)
+}
+
+pub fn local_credentials() -> Credentials {
+    let groups = nix::unistd::getgroups().map(|g| g.into_iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
+    Credentials { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw(), groups }
+}
+
+pub async fn connect(dir: &Path) -> Result<Arc<Client>> {
+    let config: ClientConfig = cluster::read_toml(&dir.join("client.toml"))
+        .with_context(|| format!("no cluster found in {} (run `shoal up --dir {}` first)", dir.display(), dir.display()))?;
+    let name = format!("cli-{}", std::process::id());
+    Ok(Client::connect(&config, local_credentials(), &name).await.context("connect to the cluster")?)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let dir = cluster_dir(&cli.dir);
+    match cli.cmd {
+        Cmd::Meta { config } => {
+            init_tracing();
+            let cfg: MetaConfig = cluster::read_toml(&config)?;
+            shoal_meta_server::run(cfg).await
+        }
+        Cmd::Store { config } => {
+            init_tracing();
+            let cfg: StoreConfig = cluster::read_toml(&config)?;
+            shoal_store_server::run(cfg).await
+        }
+        Cmd::Init { metas, stores, store_capacity } => {
+            let c = cluster::init(&dir, &cluster::InitOptions { metas, stores, store_capacity_bytes: store_capacity })?;
+            println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());
+            Ok(())
+        }
+        Cmd::Up { detach } => up(&dir, detach).await,
+        Cmd::Down => {
+            let c: cluster::ClusterFile = cluster::read_toml(&dir.join("cluster.toml"))?;
+            let n = cluster::stop_procs(&dir, &c, Duration::from_secs(10))?;
+            println!("stopped {n} processes");
+            Ok(())
+        }
+        Cmd::Status { json } => files::status(&dir, json).await,
+        other => files::run(&dir, other).await,
+    }
+}
+
+async fn up(dir: &Path, detach: bool) -> Result<()> {
+    if !dir.join("cluster.toml").exists() {
+        let c = cluster::init(dir, &cluster::InitOptions { metas: 3, stores: 4, store_capacity_bytes: 0 })?;
+        println!("initialized cluster {} in {}", c.name, dir.display());
+    }
+    let dir = dir.canonicalize()?;
+    let c: cluster::ClusterFile = cluster::read_toml(&dir.join("cluster.toml"))?;
+    let mut children = cluster::start_procs(&dir, &c, detach)?;
+    let started = Instant::now();
+    wait_healthy(&dir, &c, Duration::from_secs(60)).await?;
+    println!(
+        "cluster up in {:.1}s: {} metadata nodes, {} storage servers, data in {}",
+        started.elapsed().as_secs_f64(),
+        c.metas.len(),
+        c.stores.len(),
+        dir.display()
+    );
+    if detach {
+        return Ok(());
+    }
+    println!("running in the foreground; Ctrl-C stops the cluster");
+    tokio::signal::ctrl_c().await?;
+    cluster::stop_procs(&dir, &c, Duration::from_secs(10))?;
+    for ch in &mut children {
+        let _ = ch.wait();
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// Wait until a leader serves reads and every storage server has registered.
+async fn wait_healthy(dir: &Path, c: &cluster::ClusterFile, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), async {
+            let client = connect(dir).await?;
+            let s = client.status().await?;
+            let _ = client.close().await;
+            Ok::<_, anyhow::Error>(s)
+        })
+        .await
+        {
+            Ok(Ok(s)) => {
+                let alive = s.stores.iter().filter(|s| s.alive).count();
+                if s.leader.is_some() && alive >= c.stores.len() {
+                    return Ok(());
+                }
+                last = format!("leader {:?}, {alive} of {} storage servers registered", s.leader, c.stores.len());
+            }
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => last = "status timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("cluster not healthy after {timeout:?}: {last} (logs in {})", dir.join("logs").display())
+}

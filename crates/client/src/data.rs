@@ -1,0 +1,298 @@
+//! The data path.
+//!
+//! Write: bytes are cut into blobs of at most [`BLOB_BYTES`] that never cross a chunk boundary;
+//! each blob is put to `copies` distinct servers in parallel (failing over to further candidates
+//! from the intent), and counts once `write_quorum` servers acknowledged it durable; one commit
+//! then publishes every slice. Read: the layout is resolved into extents; each extent is read
+//! from any live copy (failing over to the next), and a read that covers a whole blob is checked
+//! against the blob's CRC32C end to end.
+
+use crate::Client;
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use shoal_types::layout::{resolve_chunk, Slice, CHUNK_SIZE};
+use shoal_types::meta_msg::*;
+use shoal_types::store_msg::{StoreReply, StoreRequest};
+use shoal_types::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest blob the client writes.
+pub const BLOB_BYTES: u64 = 16 << 20;
+const _: () = assert!(CHUNK_SIZE % BLOB_BYTES == 0);
+/// Blobs being put at once by one stream.
+pub const PUTS_IN_FLIGHT_MAX: usize = 4;
+/// Windows being read at once by one stream.
+pub const READS_IN_FLIGHT_MAX: usize = 4;
+/// Blob ids reserved per intent.
+pub const BLOBS_PER_INTENT: u32 = 16;
+
+/// A blob written and where its durable copies are.
+struct Written {
+    blob: NewBlob,
+    file_offset: u64,
+}
+
+impl Client {
+    /// Put one blob on `copies` distinct servers among `targets`; returns the servers that
+    /// acknowledged it durable, at least `quorum` of them.
+    pub async fn put_blob(&self, targets: &[StoreAddr], policy: Policy, blob: BlobId, data: Bytes, crc: u32) -> FsResult<Vec<StoreId>> {
+        let want = policy.copies().min(targets.len());
+        let quorum = policy.write_quorum();
+        let mut next = 0;
+        let mut in_flight = FuturesUnordered::new();
+        let mut ok = Vec::new();
+        let mut last_err = FsError::NoSpace;
+        let put = |t: StoreAddr| {
+            let data = data.clone();
+            async move {
+                let r = self.store_call(&t.addr, &StoreRequest::Put { blob, crc }, &data).await;
+                (t, r)
+            }
+        };
+        while next < want {
+            in_flight.push(put(targets[next].clone()));
+            next += 1;
+        }
+        while let Some((t, r)) = in_flight.next().await {
+            match r {
+                Ok((StoreReply::Ok, _)) => ok.push(t.store),
+                Ok((other, _)) => last_err = FsError::Protocol(format!("unexpected reply {other:?}")),
+                Err(e) => {
+                    tracing::debug!("put of blob {blob} to {} failed: {e}", t.addr);
+                    last_err = e;
+                    if next < targets.len() {
+                        in_flight.push(put(targets[next].clone()));
+                        next += 1;
+                    }
+                }
+            }
+        }
+        if ok.len() >= quorum {
+            Ok(ok)
+        } else {
+            Err(match last_err {
+                FsError::NoSpace => FsError::NoSpace,
+                e => FsError::Unavailable(format!("blob {blob}: {} of {quorum} copies durable: {e}", ok.len())),
+            })
+        }
+    }
+
+    async fn reserve(&self, handle: FileHandle, count: u32, bytes: u64) -> FsResult<Intent> {
+        match self.meta(MetaOp::AllocBlobs { handle, count, bytes }).await? {
+            MetaReply::Intent(i) => Ok(i),
+            other => Err(FsError::Protocol(format!("expected an intent, got {other:?}"))),
+        }
+    }
+
+    /// Replace the file's contents with everything `src` yields, then commit. `progress` is
+    /// called with the bytes made durable so far.
+    pub async fn write_stream<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        handle: FileHandle,
+        mut src: R,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> FsResult<Attr> {
+        let mut offset = 0u64;
+        let mut ids: Vec<BlobId> = Vec::new();
+        let mut intent: Option<Intent> = None;
+        let mut in_flight = FuturesUnordered::new();
+        let mut written = Vec::new();
+        let mut done_bytes = 0u64;
+        loop {
+            let mut buf = vec![0u8; BLOB_BYTES as usize];
+            let mut n = 0;
+            while n < buf.len() {
+                let r = src.read(&mut buf[n..]).await.map_err(|e| FsError::Io(e.to_string()))?;
+                if r == 0 {
+                    break;
+                }
+                n += r;
+            }
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if ids.is_empty() {
+                let i = self.reserve(handle, BLOBS_PER_INTENT, BLOB_BYTES).await?;
+                ids = i.blobs.iter().rev().copied().collect();
+                intent = Some(i);
+            }
+            let blob = ids.pop().expect("reserved ids");
+            let i = intent.clone().expect("intent");
+            let data = Bytes::from(buf);
+            let crc = crc32c::crc32c(&data);
+            let client = self.clone();
+            let file_offset = offset;
+            offset += n as u64;
+            in_flight.push(tokio::spawn(async move {
+                let len = data.len() as u64;
+                let stores = client.put_blob(&i.targets, i.policy, blob, data, crc).await?;
+                Ok::<_, FsError>(Written { blob: NewBlob { blob, len, crc, stores }, file_offset })
+            }));
+            while in_flight.len() >= PUTS_IN_FLIGHT_MAX {
+                let w = in_flight.next().await.expect("non-empty").map_err(|e| FsError::Internal(e.to_string()))??;
+                done_bytes += w.blob.len;
+                progress(done_bytes);
+                written.push(w);
+            }
+        }
+        while let Some(w) = in_flight.next().await {
+            let w = w.map_err(|e| FsError::Internal(e.to_string()))??;
+            done_bytes += w.blob.len;
+            progress(done_bytes);
+            written.push(w);
+        }
+        self.commit_written(handle, written, offset, None).await
+    }
+
+    /// Write `data` at `offset` and commit (the file grows if needed; the size never shrinks).
+    pub async fn write_at(self: &Arc<Self>, handle: FileHandle, offset: u64, data: &[u8]) -> FsResult<Attr> {
+        let attr = self.getattr(handle).await?;
+        let mut written = Vec::new();
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let file_offset = offset + pos as u64;
+            // Never cross a chunk boundary.
+            let room = CHUNK_SIZE - file_offset % CHUNK_SIZE;
+            let n = (data.len() - pos).min(room.min(BLOB_BYTES) as usize);
+            let piece = Bytes::copy_from_slice(&data[pos..pos + n]);
+            let intent = self.reserve(handle, 1, n as u64).await?;
+            let crc = crc32c::crc32c(&piece);
+            let blob = intent.blobs[0];
+            let stores = self.put_blob(&intent.targets, intent.policy, blob, piece, crc).await?;
+            written.push(Written { blob: NewBlob { blob, len: n as u64, crc, stores }, file_offset });
+            pos += n;
+        }
+        let size = attr.size.max(offset + data.len() as u64);
+        self.commit_written(handle, written, size, None).await
+    }
+
+    async fn commit_written(&self, handle: FileHandle, written: Vec<Written>, size: u64, base: Option<VersionNo>) -> FsResult<Attr> {
+        let mut chunks: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
+        let mut written = written;
+        written.sort_by_key(|w| w.file_offset);
+        for w in &written {
+            chunks.entry(w.file_offset / CHUNK_SIZE).or_default().push(Slice {
+                blob: Some(w.blob.blob),
+                blob_offset: 0,
+                offset_in_chunk: w.file_offset % CHUNK_SIZE,
+                len: w.blob.len,
+            });
+        }
+        let commit = Commit {
+            handle,
+            base_version: base,
+            chunks: chunks.into_iter().map(|(idx, slices)| ChunkUpdate { idx, slices }).collect(),
+            size,
+            mtime: now_ns(),
+            blobs: written.into_iter().map(|w| w.blob).collect(),
+        };
+        match self.meta(MetaOp::Commit(commit)).await? {
+            MetaReply::Attr(a) => Ok(a),
+            other => Err(FsError::Protocol(format!("expected attributes, got {other:?}"))),
+        }
+    }
+
+    /// Read up to `len` bytes at `offset` (short at the end of the file).
+    pub async fn read_range(&self, handle: FileHandle, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        let first = offset / CHUNK_SIZE;
+        let last = (offset + len.max(1) - 1) / CHUNK_SIZE;
+        let layout = match self.meta(MetaOp::GetLayout { handle, first_chunk: first, n_chunks: last - first + 1 }).await? {
+            MetaReply::Layout(l) => l,
+            other => return Err(FsError::Protocol(format!("expected a layout, got {other:?}"))),
+        };
+        self.read_with_layout(&layout, offset, len).await
+    }
+
+    /// Read using a layout already fetched (covering the range).
+    pub async fn read_with_layout(&self, layout: &Layout, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        let size = layout.attr.size;
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset + len);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let chunks: BTreeMap<u64, &Vec<Slice>> = layout.chunks.iter().map(|(i, s)| (*i, s)).collect();
+        let blobs: BTreeMap<BlobId, &BlobLocation> = layout.blobs.iter().map(|b| (b.blob, b)).collect();
+        let mut reads = FuturesUnordered::new();
+        for idx in offset / CHUNK_SIZE..=(end - 1) / CHUNK_SIZE {
+            let Some(slices) = chunks.get(&idx) else { continue }; // A missing chunk is a hole.
+            let chunk_start = idx * CHUNK_SIZE;
+            let chunk_len = (size - chunk_start).min(CHUNK_SIZE);
+            for e in resolve_chunk(slices, chunk_len) {
+                let (e_start, e_end) = (chunk_start + e.offset_in_chunk, chunk_start + e.offset_in_chunk + e.len);
+                let (s, t) = (e_start.max(offset), e_end.min(end));
+                if s >= t {
+                    continue;
+                }
+                let Some(blob) = e.blob else { continue }; // Holes stay zero.
+                let loc = *blobs.get(&blob).ok_or_else(|| FsError::Internal(format!("layout names unknown blob {blob}")))?;
+                let blob_offset = e.blob_offset + (s - e_start);
+                reads.push(async move {
+                    let data = self.read_blob(loc, blob_offset, t - s).await?;
+                    Ok::<_, FsError>((s - offset, data))
+                });
+            }
+        }
+        while let Some(r) = reads.next().await {
+            let (at, data) = r?;
+            out[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        }
+        Ok(out)
+    }
+
+    /// Read a range of one blob from any copy, failing over; whole-blob reads are checked
+    /// against the blob's CRC32C.
+    async fn read_blob(&self, loc: &BlobLocation, offset: u64, len: u64) -> FsResult<Bytes> {
+        let mut last_err = FsError::Unavailable(format!("blob {} has no copy", loc.blob));
+        for s in &loc.stores {
+            match self.store_call(&s.addr, &StoreRequest::Get { blob: loc.blob, offset, len }, &[]).await {
+                Ok((StoreReply::Data { .. }, data)) => {
+                    if data.len() as u64 != len {
+                        last_err = FsError::Corrupt(format!("blob {} on {}: short read", loc.blob, s.addr));
+                        continue;
+                    }
+                    if offset == 0 && len == loc.len && crc32c::crc32c(&data) != loc.crc {
+                        tracing::warn!("blob {} on server {} fails its end-to-end checksum", loc.blob, s.store);
+                        last_err = FsError::Corrupt(format!("blob {} on {}: checksum mismatch", loc.blob, s.addr));
+                        continue;
+                    }
+                    return Ok(data);
+                }
+                Ok((other, _)) => last_err = FsError::Protocol(format!("unexpected reply {other:?}")),
+                Err(e) => {
+                    tracing::debug!("read of blob {} from {} failed: {e}", loc.blob, s.addr);
+                    last_err = e;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Stream the whole file into `dst`; returns the bytes written.
+    pub async fn read_stream<W: AsyncWrite + Unpin>(
+        &self,
+        handle: FileHandle,
+        mut dst: W,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> FsResult<u64> {
+        let size = self.getattr(handle).await?.size;
+        let windows: Vec<u64> = (0..size.div_ceil(BLOB_BYTES)).map(|i| i * BLOB_BYTES).collect();
+        let mut stream = futures::stream::iter(windows).map(|off| self.read_range(handle, off, BLOB_BYTES)).buffered(READS_IN_FLIGHT_MAX);
+        let mut done = 0u64;
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
+            dst.write_all(&piece).await.map_err(|e| FsError::Io(e.to_string()))?;
+            done += piece.len() as u64;
+            progress(done);
+        }
+        dst.flush().await.map_err(|e| FsError::Io(e.to_string()))?;
+        Ok(done)
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}

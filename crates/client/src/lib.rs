@@ -1,0 +1,309 @@
+//! The client library: the only way to talk to a Shoal cluster.
+//!
+//! - [`Client::connect`] opens a session on the metadata service and keeps it alive.
+//! - [`Client::meta`] sends one request: mutations get the next sequence number of the session
+//!   (exactly-once), and every request is retried with exponential backoff and jitter, following
+//!   `NotLeader` hints, with the same sequence number, so a retry returns the first answer.
+//! - [`data`]: the write path (cut into blobs, put to several servers in parallel, commit once a
+//!   write quorum is durable) and the read path (resolve the layout, read any live copy, verify,
+//!   fail over).
+
+pub mod data;
+
+use bytes::Bytes;
+use rand::Rng;
+use shoal_net::RpcClient;
+use shoal_types::config::ClientConfig;
+use shoal_types::meta_msg::*;
+use shoal_types::store_msg::{StoreRequest, StoreResponse};
+use shoal_types::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Attempts of one metadata request before giving up.
+pub const META_ATTEMPTS_MAX: u32 = 40;
+/// First backoff; doubles each attempt up to [`BACKOFF_MAX`], with full jitter.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
+pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// Time allowed for one metadata request.
+pub const META_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for one storage request (a blob of up to 64 MiB).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections per storage server (bulk transfers in parallel).
+pub const STORE_CONNS: usize = 2;
+
+pub struct Client {
+    meta: Vec<(MetaNodeId, Arc<RpcClient>)>,
+    leader: AtomicUsize,
+    stores: Mutex<HashMap<String, Arc<RpcClient>>>,
+    tls: Arc<rustls::ClientConfig>,
+    session: SessionId,
+    seq: AtomicU64,
+    pub cred: Credentials,
+    keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(t) = self.keepalive.lock().expect("keepalive lock").take() {
+            t.abort();
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let cap = BACKOFF_MIN.saturating_mul(1u32 << attempt.min(10)).min(BACKOFF_MAX);
+    let ms = rand::thread_rng().gen_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64);
+    Duration::from_millis(ms)
+}
+
+impl Client {
+    /// Connect and open a session named `client_name`.
+    pub async fn connect(config: &ClientConfig, cred: Credentials, client_name: &str) -> FsResult<Arc<Client>> {
+        let tls = shoal_pki::client_config(&config.tls).map_err(|e| FsError::Invalid(format!("TLS files: {e}")))?;
+        Self::connect_with(config, tls, cred, client_name).await
+    }
+
+    pub async fn connect_with(
+        config: &ClientConfig,
+        tls: Arc<rustls::ClientConfig>,
+        cred: Credentials,
+        client_name: &str,
+    ) -> FsResult<Arc<Client>> {
+        let mut client = Self::without_session(config, tls, cred)?;
+        let lease_ms = match client.send_meta(MetaOp::OpenSession { client: client_name.into() }, 0).await? {
+            MetaReply::Session { session, lease_ms } => {
+                client.session = session;
+                lease_ms
+            }
+            other => return Err(FsError::Protocol(format!("unexpected reply {other:?}"))),
+        };
+        let client = Arc::new(client);
+        let weak = Arc::downgrade(&client);
+        let every = Duration::from_millis((lease_ms / 3).max(100));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(c) = weak.upgrade() else { return };
+                if let Err(e) = c.meta(MetaOp::RenewSession).await {
+                    tracing::warn!("failed to renew the session: {e}");
+                }
+            }
+        });
+        *client.keepalive.lock().expect("keepalive lock") = Some(task);
+        Ok(client)
+    }
+
+    /// A client with no session: enough for reads and for storage servers' registration and
+    /// heartbeats, which are not exactly-once requests.
+    pub fn without_session(config: &ClientConfig, tls: Arc<rustls::ClientConfig>, cred: Credentials) -> FsResult<Client> {
+        if config.meta.is_empty() {
+            return Err(FsError::Invalid("no metadata servers configured".into()));
+        }
+        let meta = config
+            .meta
+            .iter()
+            .map(|p| (p.id, Arc::new(RpcClient::new(p.addr.clone(), tls.clone(), 1, META_TIMEOUT))))
+            .collect();
+        Ok(Client {
+            meta,
+            leader: AtomicUsize::new(0),
+            stores: Mutex::new(HashMap::new()),
+            tls,
+            session: SessionId(0),
+            seq: AtomicU64::new(0),
+            cred,
+            keepalive: Mutex::new(None),
+        })
+    }
+
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// Close the session (releases what it holds open).
+    pub async fn close(&self) -> FsResult<()> {
+        self.meta(MetaOp::CloseSession).await.map(|_| ())
+    }
+
+    /// Send one metadata request, exactly once, retrying as needed.
+    pub async fn meta(&self, op: MetaOp) -> MetaResponse {
+        let seq = if op.is_read() { 0 } else { self.seq.fetch_add(1, Ordering::Relaxed) + 1 };
+        self.send_meta(op, seq).await
+    }
+
+    async fn send_meta(&self, op: MetaOp, seq: u64) -> MetaResponse {
+        let req = MetaWireReq::Client(MetaRequest { session: self.session, seq, cred: self.cred.clone(), op });
+        let mut last_err = FsError::Unavailable("no metadata server answered".into());
+        for attempt in 0..META_ATTEMPTS_MAX {
+            let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();
+            let (_, rpc) = &self.meta[idx];
+            let result: Result<(MetaWireResp, Bytes), _> = rpc.call(&req, &[]).await;
+            match result {
+                Ok((MetaWireResp::Client(Err(FsError::NotLeader { leader_hint })), _)) => {
+                    let next = leader_hint
+                        .and_then(|h| self.meta.iter().position(|(id, _)| *id == h))
+                        .filter(|&i| i != idx)
+                        .unwrap_or((idx + 1) % self.meta.len());
+                    self.leader.store(next, Ordering::Relaxed);
+                    last_err = FsError::NotLeader { leader_hint };
+                    if leader_hint.is_none() || next == idx {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                }
+                Ok((MetaWireResp::Client(Err(e @ FsError::Unavailable(_))), _)) => {
+                    last_err = e;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Ok((MetaWireResp::Client(r), _)) => return r,
+                Ok((other, _)) => return Err(FsError::Protocol(format!("unexpected reply {other:?}"))),
+                Err(e) => {
+                    tracing::debug!("metadata server {} unreachable: {e}", rpc.addr());
+                    last_err = e.into();
+                    self.leader.store((idx + 1) % self.meta.len(), Ordering::Relaxed);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    pub(crate) fn store_rpc(&self, addr: &str) -> Arc<RpcClient> {
+        self.stores
+            .lock()
+            .expect("stores lock")
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(RpcClient::new(addr.to_string(), self.tls.clone(), STORE_CONNS, STORE_TIMEOUT)))
+            .clone()
+    }
+
+    /// One request to one storage server, no retry (the caller fails over to another copy).
+    pub async fn store_call(&self, addr: &str, req: &StoreRequest, payload: &[u8]) -> FsResult<(shoal_types::store_msg::StoreReply, Bytes)> {
+        let (resp, body): (StoreResponse, Bytes) = self.store_rpc(addr).call(req, payload).await?;
+        Ok((resp?, body))
+    }
+
+    // ---- namespace helpers ----
+
+    fn attr(r: MetaResponse) -> FsResult<Attr> {
+        match r? {
+            MetaReply::Attr(a) => Ok(a),
+            other => Err(FsError::Protocol(format!("expected attributes, got {other:?}"))),
+        }
+    }
+
+    pub async fn lookup(&self, parent: FileHandle, name: &str) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::Lookup { parent, name: name.into() }).await)
+    }
+
+    pub async fn getattr(&self, handle: FileHandle) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::GetAttr { handle }).await)
+    }
+
+    /// Walk an absolute path from the root ("/" is the root). Symlinks are not followed.
+    pub async fn resolve(&self, path: &str) -> FsResult<Attr> {
+        let mut attr = self.getattr(FileHandle::ROOT).await?;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            attr = self.lookup(attr.handle, part).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Split "/a/b/c" into the parent's attributes and "c".
+    pub async fn resolve_parent<'p>(&self, path: &'p str) -> FsResult<(Attr, &'p str)> {
+        let trimmed = path.trim_end_matches('/');
+        let (dir, name) = match trimmed.rfind('/') {
+            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+            None => ("", trimmed),
+        };
+        if name.is_empty() {
+            return Err(FsError::Invalid(format!("{path:?} names no entry")));
+        }
+        Ok((self.resolve(dir).await?, name))
+    }
+
+    pub async fn mkdir(&self, parent: FileHandle, name: &str, mode: u32) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::Mkdir { parent, name: name.into(), mode }).await)
+    }
+
+    pub async fn create(&self, parent: FileHandle, name: &str, mode: u32, exclusive: bool) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::Create { parent, name: name.into(), kind: FileKind::File, mode, rdev: 0, exclusive }).await)
+    }
+
+    pub async fn setattr(&self, handle: FileHandle, set: SetAttr) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::SetAttr { handle, set }).await)
+    }
+
+    pub async fn unlink(&self, parent: FileHandle, name: &str) -> FsResult<()> {
+        self.meta(MetaOp::Unlink { parent, name: name.into() }).await.map(|_| ())
+    }
+
+    pub async fn rmdir(&self, parent: FileHandle, name: &str) -> FsResult<()> {
+        self.meta(MetaOp::Rmdir { parent, name: name.into() }).await.map(|_| ())
+    }
+
+    pub async fn rename(&self, parent: FileHandle, name: &str, new_parent: FileHandle, new_name: &str) -> FsResult<()> {
+        self.meta(MetaOp::Rename { parent, name: name.into(), new_parent, new_name: new_name.into(), no_replace: false })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn symlink(&self, parent: FileHandle, name: &str, target: &str) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::Symlink { parent, name: name.into(), target: target.into() }).await)
+    }
+
+    pub async fn readlink(&self, handle: FileHandle) -> FsResult<String> {
+        match self.meta(MetaOp::Readlink { handle }).await? {
+            MetaReply::Target(t) => Ok(t),
+            other => Err(FsError::Protocol(format!("expected a target, got {other:?}"))),
+        }
+    }
+
+    /// One page of a directory listing, after `cookie` (0 = from the start).
+    pub async fn readdir(&self, dir: FileHandle, cookie: u64, limit: u32) -> FsResult<(Vec<DirEntry>, bool)> {
+        match self.meta(MetaOp::Readdir { dir, cookie, limit }).await? {
+            MetaReply::Dir { entries, eof } => Ok((entries, eof)),
+            other => Err(FsError::Protocol(format!("expected entries, got {other:?}"))),
+        }
+    }
+
+    /// The whole listing, page by page.
+    pub async fn readdir_all(&self, dir: FileHandle) -> FsResult<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut cookie = 0;
+        loop {
+            let (entries, eof) = self.readdir(dir, cookie, READDIR_LIMIT_MAX).await?;
+            if let Some(last) = entries.last() {
+                cookie = last.cookie;
+            }
+            out.extend(entries);
+            if eof {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub async fn statfs(&self) -> FsResult<Statfs> {
+        match self.meta(MetaOp::Statfs).await? {
+            MetaReply::Statfs(s) => Ok(s),
+            other => Err(FsError::Protocol(format!("expected statfs, got {other:?}"))),
+        }
+    }
+
+    pub async fn status(&self) -> FsResult<ClusterStatus> {
+        match self.meta(MetaOp::Status).await? {
+            MetaReply::Status(s) => Ok(s),
+            other => Err(FsError::Protocol(format!("expected status, got {other:?}"))),
+        }
+    }
+
+    pub async fn open(&self, handle: FileHandle) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::Open { handle }).await)
+    }
+
+    pub async fn release(&self, handle: FileHandle) -> FsResult<()> {
+        self.meta(MetaOp::Release { handle }).await.map(|_| ())
+    }
+}

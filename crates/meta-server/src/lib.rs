@@ -1,0 +1,91 @@
+//! The metadata service: the pure state machine of `shoal-meta-core` replicated by `openraft`.
+//!
+//! - [`store`]: the Raft log and the state machine, persisted in one redb database; snapshots
+//!   streamed through files.
+//! - [`network`]: Raft messages between metadata nodes over the framed mutual-TLS transport.
+//! - [`service`]: the port's request handler, with group commit of writes (concurrent commands
+//!   share one log entry) and batched linearizable reads (one leadership check serves every
+//!   read waiting at that moment).
+//!
+//! Architecture invariant: the only clock read here is the leader's, when it stamps a batch of
+//! commands before proposing it; replicas never read a clock while applying.
+
+pub mod network;
+pub mod service;
+pub mod store;
+
+use openraft::{BasicNode, Config, Raft};
+use shoal_types::config::MetaConfig;
+use shoal_types::meta_msg::MetaResponse;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+openraft::declare_raft_types!(
+    /// Shoal's Raft types: a log entry carries a batch of commands; its reply is one reply per
+    /// command.
+    pub TypeConfig:
+        D = store::Batch,
+        R = Vec<MetaResponse>,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = tokio::fs::File,
+);
+
+pub type MetaRaft = Raft<TypeConfig>;
+
+/// Start a metadata node and serve until the process ends.
+pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    node.serve_task.await?;
+    Ok(())
+}
+
+/// A running metadata node.
+pub struct MetaNode {
+    pub raft: MetaRaft,
+    pub service: Arc<service::MetaService>,
+    pub serve_task: tokio::task::JoinHandle<()>,
+    pub addr: std::net::SocketAddr,
+}
+
+pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
+    let db = store::open_db(&config.data_dir.join("meta.redb"), config.cache_size_bytes).context("open the metadata database")?;
+    let log_store = store::LogStore::new(db.clone());
+    let state_machine = store::StateMachine::new(db.clone(), config.data_dir.join("snapshots"))?;
+    let server_tls = shoal_pki::server_config(&config.tls).context("load TLS files")?;
+    let client_tls = shoal_pki::client_config(&config.tls).context("load TLS files")?;
+
+    let raft_config = Config {
+        cluster_name: "shoal".into(),
+        heartbeat_interval: config.raft_heartbeat_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: 1000,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    let raft_config = Arc::new(raft_config.validate()?);
+    let network = network::Network::new(client_tls);
+    let raft = Raft::new(config.id.0, raft_config, network, log_store, state_machine).await?;
+
+    let members: BTreeMap<u64, BasicNode> = config.peers.iter().map(|p| (p.id.0, BasicNode { addr: p.addr.clone() })).collect();
+    if !raft.is_initialized().await? {
+        // Every node of a new cluster proposes the same initial membership; openraft accepts
+        // identical proposals, so the nodes may start in any order.
+        if let Err(e) = raft.initialize(members.clone()).await {
+            tracing::info!("cluster already initialized: {e}");
+        }
+    }
+
+    let service = service::MetaService::new(raft.clone(), db, &config);
+    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(id = config.id.0, %addr, "metadata node serving");
+    let serve_task = tokio::spawn(shoal_net::rpc::serve(listener, server_tls, service.clone()));
+    tokio::spawn(service::housekeeping(service.clone(), Duration::from_millis(500)));
+    Ok(MetaNode { raft, service, serve_task, addr })
+}

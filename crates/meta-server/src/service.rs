@@ -1,0 +1,248 @@
+//! The metadata port's handler: client requests (reads and commands) and Raft messages.
+
+use crate::store::{Batch, ReadKv};
+use crate::{MetaRaft, TypeConfig};
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use shoal_meta_core::{Command, CommandKind, Params};
+use shoal_net::{PeerInfo, Service};
+use shoal_pki::Role;
+use shoal_types::codec;
+use shoal_types::config::MetaConfig;
+use shoal_types::meta_msg::*;
+use shoal_types::*;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Commands gathered into one log entry at most.
+pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Log entries being replicated at once; beyond this, commands wait and batch up.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Commands waiting for a batch.
+pub const WRITE_QUEUE_MAX: usize = 8192;
+
+type WriteWaiter = (CommandKind, oneshot::Sender<MetaResponse>);
+type ReadWaiter = oneshot::Sender<Result<(), FsError>>;
+
+pub struct MetaService {
+    pub raft: MetaRaft,
+    db: Arc<redb::Database>,
+    params: Params,
+    writes: mpsc::Sender<WriteWaiter>,
+    reads: mpsc::Sender<ReadWaiter>,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl MetaService {
+    pub fn new(raft: MetaRaft, db: Arc<redb::Database>, config: &MetaConfig) -> Arc<MetaService> {
+        let (wtx, wrx) = mpsc::channel(WRITE_QUEUE_MAX);
+        let (rtx, rrx) = mpsc::channel(WRITE_QUEUE_MAX);
+        let params = Params {
+            session_lease_ns: config.session_lease_ms as i64 * 1_000_000,
+            intent_lease_ns: config.intent_lease_ms as i64 * 1_000_000,
+            store_dead_after_ns: config.store_dead_after_ms as i64 * 1_000_000,
+        };
+        tokio::spawn(write_batcher(raft.clone(), wrx));
+        tokio::spawn(read_gate(raft.clone(), rrx));
+        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx })
+    }
+
+    /// Propose a command through the batcher and wait for its reply.
+    pub async fn propose(&self, kind: CommandKind) -> MetaResponse {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send((kind, tx)).await.map_err(|_| FsError::Unavailable("shutting down".into()))?;
+        rx.await.map_err(|_| FsError::Unavailable("shutting down".into()))?
+    }
+
+    /// Wait until this node may serve a linearizable read.
+    async fn read_barrier(&self) -> Result<(), FsError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads.send(tx).await.map_err(|_| FsError::Unavailable("shutting down".into()))?;
+        rx.await.map_err(|_| FsError::Unavailable("shutting down".into()))?
+    }
+
+    async fn read(&self, req: MetaRequest) -> MetaResponse {
+        self.read_barrier().await?;
+        let db = self.db.clone();
+        let is_status = matches!(req.op, MetaOp::Status);
+        let mut reply = tokio::task::spawn_blocking(move || {
+            let kv = ReadKv::new(&db).map_err(|e| FsError::Internal(e.to_string()))?;
+            shoal_meta_core::read(&kv, &req, now_ns())
+        })
+        .await
+        .map_err(|e| FsError::Internal(e.to_string()))??;
+        if is_status {
+            if let MetaReply::Status(s) = &mut reply {
+                self.fill_status(s);
+            }
+        }
+        Ok(reply)
+    }
+
+    fn fill_status(&self, s: &mut ClusterStatus) {
+        let m = self.raft.metrics().borrow().clone();
+        s.leader = m.current_leader.map(MetaNodeId);
+        s.term = m.current_term;
+        s.last_applied = m.last_applied.map_or(0, |l| l.index);
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        s.members = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: MetaNodeId(*id),
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched: matched.get(id).and_then(|l| l.map(|l| l.index)),
+            })
+            .collect();
+    }
+
+    async fn client(&self, peer: &PeerInfo, req: MetaRequest) -> MetaResponse {
+        let role = peer.identity.as_ref().map(|i| i.role);
+        if matches!(req.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_)) && role != Some(Role::Store) {
+            return Err(FsError::PermissionDenied);
+        }
+        if req.op.is_read() {
+            return self.read(req).await;
+        }
+        let is_heartbeat = matches!(req.op, MetaOp::StoreHeartbeat(_));
+        let mut reply = self.propose(CommandKind::Request(req)).await?;
+        if is_heartbeat {
+            if let MetaReply::StoreOrders(orders) = &mut reply {
+                orders.term = Term(self.raft.metrics().borrow().current_term);
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn raft_rpc(&self, peer: &PeerInfo, kind: RaftRpc, payload: &[u8]) -> Result<Vec<u8>, FsError> {
+        if peer.identity.as_ref().map(|i| i.role) != Some(Role::Meta) {
+            tracing::warn!(peer = %peer.addr, "refused a Raft message from a peer without a metadata-node certificate");
+            return Err(FsError::PermissionDenied);
+        }
+        let bad = |e: codec::CodecError| FsError::Protocol(e.to_string());
+        Ok(match kind {
+            RaftRpc::AppendEntries => codec::encode(&self.raft.append_entries(codec::decode(payload).map_err(bad)?).await),
+            RaftRpc::Vote => codec::encode(&self.raft.vote(codec::decode(payload).map_err(bad)?).await),
+            RaftRpc::InstallSnapshot => codec::encode(&self.raft.install_snapshot(codec::decode(payload).map_err(bad)?).await),
+        })
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(m.id)
+    }
+}
+
+impl Service for MetaService {
+    type Req = MetaWireReq;
+    type Resp = MetaWireResp;
+
+    async fn call(self: Arc<Self>, peer: Arc<PeerInfo>, req: MetaWireReq, payload: Bytes) -> (MetaWireResp, Bytes) {
+        match req {
+            MetaWireReq::Client(r) => (MetaWireResp::Client(self.client(&peer, r).await), Bytes::new()),
+            MetaWireReq::Raft(kind) => match self.raft_rpc(&peer, kind, &payload).await {
+                Ok(body) => (MetaWireResp::Raft, Bytes::from(body)),
+                Err(e) => (MetaWireResp::Refused(e), Bytes::new()),
+            },
+        }
+    }
+}
+
+fn not_leader(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> FsError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => FsError::NotLeader { leader_hint: f.leader_id.map(MetaNodeId) },
+        other => FsError::Unavailable(other.to_string()),
+    }
+}
+
+/// Group commit: gather every command waiting, stamp the batch with the leader's clock and
+/// propose it as one log entry; up to [`BATCHES_IN_FLIGHT_MAX`] entries replicate at once.
+async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        let mut waiting = vec![first];
+        while waiting.len() < BATCH_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(w) => waiting.push(w),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let now = now_ns();
+            let (kinds, senders): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+            let batch: Batch = kinds.into_iter().map(|kind| Command { now, kind }).collect();
+            match raft.client_write(batch).await {
+                Ok(resp) => {
+                    for (tx, r) in senders.into_iter().zip(resp.data) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Err(e) => {
+                    let e = not_leader(e);
+                    for tx in senders {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Batched linearizable reads: one `ensure_linearizable` (a heartbeat round to a quorum, then
+/// waiting until the read point is applied) serves every read that was waiting when it began.
+async fn read_gate(raft: MetaRaft, mut rx: mpsc::Receiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiting.push(w);
+        }
+        let result = match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(FsError::NotLeader { leader_hint: f.leader_id.map(MetaNodeId) })
+            }
+            Err(e) => Err(FsError::Unavailable(e.to_string())),
+        };
+        for tx in waiting {
+            let _ = tx.send(result.clone());
+        }
+    }
+}
+
+/// On the leader: bootstrap the state once, then propose a tick regularly (expiries and failure
+/// detection run on the time carried by ticks).
+pub async fn housekeeping(service: Arc<MetaService>, every: Duration) {
+    let mut bootstrapped_term = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if !service.is_leader() {
+            continue;
+        }
+        let term = service.raft.metrics().borrow().current_term;
+        if bootstrapped_term != Some(term) {
+            match service.propose(CommandKind::Bootstrap(service.params.clone())).await {
+                Ok(_) => bootstrapped_term = Some(term),
+                Err(e) => {
+                    tracing::debug!("bootstrap not committed yet: {e}");
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = service.propose(CommandKind::Tick).await {
+            tracing::debug!("tick not committed: {e}");
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_types(_: &TypeConfig) {}

@@ -1,0 +1,592 @@
+//! Persistent Raft log and state machine, both in one redb database.
+//!
+//! - Log entries are appended in a durable (fsynced) transaction; `log_io_completed` is called
+//!   only after the commit returned.
+//! - Entries are applied in transactions committed without fsync: the log already made them
+//!   durable, and after a crash openraft re-applies from the persisted `last_applied`. Any later
+//!   durable commit (a log append, a purge) makes earlier applies durable too, and a purge is
+//!   always durable, so the log is never purged past what the state machine has on disk.
+//! - Snapshots are streamed to and from files: a snapshot is every state-machine table dumped in
+//!   key order, each record length-prefixed, ending with a CRC32C of the whole file.
+
+use crate::TypeConfig;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use shoal_meta_core::kv::{Kv, KvPair, KvRead, Table, TABLES};
+use shoal_meta_core::{Command, CommandKind};
+use shoal_types::codec;
+use shoal_types::meta_msg::MetaResponse;
+use std::fmt::Debug;
+use std::io::{Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+type NodeId = u64;
+type SResult<T> = Result<T, StorageError<NodeId>>;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+
+fn table_def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(t.name())
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+}
+fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    io_err(ErrorSubject::Logs, verb, e)
+}
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+/// Open (or create) the database with every table present.
+pub fn open_db(path: &Path, cache_size_bytes: u64) -> anyhow::Result<Arc<Database>> {
+    let db = Database::builder().set_cache_size(cache_size_bytes as usize).create(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(RAFT_META)?;
+    txn.open_table(SM_META)?;
+    for t in TABLES {
+        txn.open_table(table_def(t))?;
+    }
+    txn.commit()?;
+    Ok(Arc::new(db))
+}
+
+// ---------------------------------------------------------------- key-value adapters
+
+/// The state machine's view of a write transaction. A storage failure is recorded and surfaces
+/// as a fatal storage error after the apply; it cannot be a reply, which must be deterministic.
+pub struct WriteKv<'t> {
+    txn: &'t redb::WriteTransaction,
+    pub failed: Option<String>,
+}
+
+impl<'t> WriteKv<'t> {
+    pub fn new(txn: &'t redb::WriteTransaction) -> Self {
+        WriteKv { txn, failed: None }
+    }
+    fn fail(&mut self, e: impl std::fmt::Display) {
+        if self.failed.is_none() {
+            self.failed = Some(e.to_string());
+        }
+    }
+}
+
+impl KvRead for WriteKv<'_> {
+    fn get(&self, t: Table, key: &[u8]) -> Option<Vec<u8>> {
+        let table = self.txn.open_table(table_def(t)).ok()?;
+        let v = table.get(key).ok()??;
+        Some(v.value().to_vec())
+    }
+    fn scan(&self, t: Table, start: &[u8], end: &[u8], limit: usize) -> Vec<KvPair> {
+        if start >= end {
+            return Vec::new();
+        }
+        let Ok(table) = self.txn.open_table(table_def(t)) else { return Vec::new() };
+        let Ok(range) = table.range::<&[u8]>(start..end) else { return Vec::new() };
+        range.take(limit).filter_map(|r| r.ok()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect()
+    }
+}
+
+impl Kv for WriteKv<'_> {
+    fn put(&mut self, t: Table, key: &[u8], value: &[u8]) {
+        let r = self.txn.open_table(table_def(t)).and_then(|mut table| table.insert(key, value).map(|_| ()).map_err(Into::into));
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+    fn delete(&mut self, t: Table, key: &[u8]) {
+        let r = self.txn.open_table(table_def(t)).and_then(|mut table| table.remove(key).map(|_| ()).map_err(Into::into));
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+}
+
+/// A consistent read-only view for linearizable reads.
+pub struct ReadKv {
+    txn: redb::ReadTransaction,
+}
+
+impl ReadKv {
+    pub fn new(db: &Database) -> anyhow::Result<ReadKv> {
+        Ok(ReadKv { txn: db.begin_read()? })
+    }
+}
+
+impl KvRead for ReadKv {
+    fn get(&self, t: Table, key: &[u8]) -> Option<Vec<u8>> {
+        let table = self.txn.open_table(table_def(t)).ok()?;
+        let v = table.get(key).ok()??;
+        Some(v.value().to_vec())
+    }
+    fn scan(&self, t: Table, start: &[u8], end: &[u8], limit: usize) -> Vec<KvPair> {
+        if start >= end {
+            return Vec::new();
+        }
+        let Ok(table) = self.txn.open_table(table_def(t)) else { return Vec::new() };
+        let Ok(range) = table.range::<&[u8]>(start..end) else { return Vec::new() };
+        range.take(limit).filter_map(|r| r.ok()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect()
+    }
+}
+
+// ---------------------------------------------------------------- log store
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Database>) -> LogStore {
+        LogStore { db }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> SResult<Option<T>> {
+        let txn = self.db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
+        let table = txn.open_table(RAFT_META).map_err(|e| log_err(ErrorVerb::Read, e))?;
+        match table.get(key).map_err(|e| log_err(ErrorVerb::Read, e))? {
+            None => Ok(None),
+            Some(v) => codec::decode(v.value()).map(Some).map_err(|e| log_err(ErrorVerb::Read, e)),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> SResult<()> {
+        let txn = self.db.begin_write().map_err(|e| log_err(ErrorVerb::Write, e))?;
+        {
+            let mut table = txn.open_table(RAFT_META).map_err(|e| log_err(ErrorVerb::Write, e))?;
+            table.insert(key, codec::encode(value).as_slice()).map_err(|e| log_err(ErrorVerb::Write, e))?;
+        }
+        txn.commit().map_err(|e| log_err(ErrorVerb::Write, e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> SResult<Vec<Entry<TypeConfig>>> {
+        let db = self.db.clone();
+        let start = match range.start_bound() {
+            std::ops::Bound::Included(x) => *x,
+            std::ops::Bound::Excluded(x) => x + 1,
+            std::ops::Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            std::ops::Bound::Included(x) => x.saturating_add(1),
+            std::ops::Bound::Excluded(x) => *x,
+            std::ops::Bound::Unbounded => u64::MAX,
+        };
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
+            let table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Read, e))?;
+            let mut out = Vec::new();
+            for row in table.range(start..end).map_err(|e| log_err(ErrorVerb::Read, e))? {
+                let (_, v) = row.map_err(|e| log_err(ErrorVerb::Read, e))?;
+                out.push(codec::decode(v.value()).map_err(|e| log_err(ErrorVerb::Read, e))?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| log_err(ErrorVerb::Read, e))?
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId<NodeId>> = self.get_meta("last_purged")?;
+        let txn = self.db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
+        let table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Read, e))?;
+        let last = match table.last().map_err(|e| log_err(ErrorVerb::Read, e))? {
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> = codec::decode(v.value()).map_err(|e| log_err(ErrorVerb::Read, e))?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
+        self.put_meta("vote", vote)
+    }
+
+    async fn read_vote(&mut self) -> SResult<Option<Vote<NodeId>>> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> SResult<()> {
+        self.put_meta("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> SResult<Option<LogId<NodeId>>> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let encoded: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, codec::encode(&e))).collect();
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            {
+                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                for (idx, bytes) in &encoded {
+                    table.insert(*idx, bytes.as_slice()).map_err(|e| e.to_string())?;
+                }
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| log_err(ErrorVerb::Write, e))?;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
+                Err(log_err(ErrorVerb::Write, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
+        let txn = self.db.begin_write().map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        {
+            let mut table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+            table.retain_in(log_id.index.., |_, _| false).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        }
+        txn.commit().map_err(|e| log_err(ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
+        // A durable commit: it also makes every earlier non-durable apply durable, so the state
+        // machine on disk always covers what the log no longer holds.
+        let txn = self.db.begin_write().map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        {
+            let mut meta = txn.open_table(RAFT_META).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+            meta.insert("last_purged", codec::encode(&log_id).as_slice()).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+            let mut table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+            table.retain_in(..=log_id.index, |_, _| false).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        }
+        txn.commit().map_err(|e| log_err(ErrorVerb::Delete, e))
+    }
+}
+
+// ---------------------------------------------------------------- state machine
+
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    snapshot_dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotHeader {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SHOALSNP";
+
+impl StateMachine {
+    pub fn new(db: Arc<Database>, snapshot_dir: PathBuf) -> anyhow::Result<StateMachine> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        // Leftovers of an interrupted transfer.
+        for e in std::fs::read_dir(&snapshot_dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "partial") {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(StateMachine { db, snapshot_dir })
+    }
+
+    pub fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    fn sm_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> SResult<Option<T>> {
+        let txn = self.db.begin_read().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let table = txn.open_table(SM_META).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        match table.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            None => Ok(None),
+            Some(v) => codec::decode(v.value()).map(Some).map_err(|e| sm_err(ErrorVerb::Read, e)),
+        }
+    }
+
+    fn current_snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join("current.snap")
+    }
+
+    /// Dump every state-machine table, as of one read transaction, into `path`.
+    fn write_snapshot(db: &Database, path: &Path, meta: &SnapshotMeta<NodeId, openraft::BasicNode>) -> anyhow::Result<()> {
+        let txn = db.begin_read()?;
+        let tmp = path.with_extension("partial");
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = CrcWriter { inner: std::io::BufWriter::with_capacity(1 << 20, file), crc: 0 };
+        w.write_all(SNAPSHOT_MAGIC)?;
+        let header = codec::encode(&SnapshotHeader { meta: meta.clone() });
+        w.write_all(&(header.len() as u32).to_be_bytes())?;
+        w.write_all(&header)?;
+        for (i, t) in TABLES.iter().enumerate() {
+            let table = txn.open_table(table_def(*t))?;
+            for row in table.iter()? {
+                let (k, v) = row?;
+                w.write_all(&[i as u8])?;
+                w.write_all(&(k.value().len() as u32).to_be_bytes())?;
+                w.write_all(k.value())?;
+                w.write_all(&(v.value().len() as u32).to_be_bytes())?;
+                w.write_all(v.value())?;
+            }
+        }
+        w.write_all(&[0xff])?;
+        let crc = w.crc;
+        w.inner.write_all(&crc.to_be_bytes())?;
+        let file = w.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// Replace every state-machine table with the snapshot's contents, durably.
+    fn load_snapshot(db: &Database, path: &Path) -> anyhow::Result<SnapshotMeta<NodeId, openraft::BasicNode>> {
+        let bytes_total = std::fs::metadata(path)?.len();
+        anyhow::ensure!(bytes_total >= 8 + 4 + 1 + 4, "snapshot file too short");
+        let file = std::fs::File::open(path)?;
+        let mut r = CrcReader { inner: std::io::BufReader::with_capacity(1 << 20, file), crc: 0 };
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        anyhow::ensure!(&magic == SNAPSHOT_MAGIC, "not a Shoal snapshot");
+        let header_len = read_u32(&mut r)? as usize;
+        anyhow::ensure!(header_len as u64 <= bytes_total, "snapshot header length out of range");
+        let mut header = vec![0u8; header_len];
+        r.read_exact(&mut header)?;
+        let header: SnapshotHeader = codec::decode(&header)?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        for t in TABLES {
+            txn.delete_table(table_def(t))?;
+            txn.open_table(table_def(t))?;
+        }
+        loop {
+            let mut tag = [0u8; 1];
+            r.read_exact(&mut tag)?;
+            if tag[0] == 0xff {
+                break;
+            }
+            let t = *TABLES.get(tag[0] as usize).ok_or_else(|| anyhow::anyhow!("bad table tag {}", tag[0]))?;
+            let klen = read_u32(&mut r)? as u64;
+            anyhow::ensure!(klen <= bytes_total, "key length out of range");
+            let mut k = vec![0u8; klen as usize];
+            r.read_exact(&mut k)?;
+            let vlen = read_u32(&mut r)? as u64;
+            anyhow::ensure!(vlen <= bytes_total, "value length out of range");
+            let mut v = vec![0u8; vlen as usize];
+            r.read_exact(&mut v)?;
+            txn.open_table(table_def(t))?.insert(k.as_slice(), v.as_slice())?;
+        }
+        let expect = r.crc;
+        let mut crc = [0u8; 4];
+        r.inner.read_exact(&mut crc)?;
+        anyhow::ensure!(u32::from_be_bytes(crc) == expect, "snapshot checksum mismatch");
+        {
+            let mut meta = txn.open_table(SM_META)?;
+            meta.insert("last_applied", codec::encode(&header.meta.last_log_id).as_slice())?;
+            meta.insert("membership", codec::encode(&header.meta.last_membership).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(header.meta)
+    }
+}
+
+fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+}
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+struct CrcReader<R> {
+    inner: R,
+    crc: u32,
+}
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+        let last_applied: Option<LogId<NodeId>> = self.sm_meta("last_applied")?.flatten();
+        let membership: StoredMembership<NodeId, openraft::BasicNode> = self.sm_meta("membership")?.unwrap_or_default();
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id: format!("{}-{}", last_applied.map_or(0, |l| l.leader_id.term), last_applied.map_or(0, |l| l.index)),
+        };
+        let (db, path, m) = (self.db.clone(), self.current_snapshot_path(), meta.clone());
+        // The read transaction sees exactly the state as of `last_applied`: applies are serialized
+        // with this call by openraft's state-machine worker.
+        tokio::task::spawn_blocking(move || Self::write_snapshot(&db, &path, &m))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::open(self.current_snapshot_path()).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>)> {
+        let last: Option<LogId<NodeId>> = self.sm_meta("last_applied")?.flatten();
+        let membership = self.sm_meta("membership")?.unwrap_or_default();
+        Ok((last, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<Vec<MetaResponse>>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> SResult<Vec<Vec<MetaResponse>>> {
+            let mut txn = db.begin_write().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            txn.set_durability(Durability::None).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            let mut replies = Vec::with_capacity(entries.len());
+            let mut last_applied = None;
+            let mut membership = None;
+            {
+                let mut kv = WriteKv::new(&txn);
+                for entry in &entries {
+                    last_applied = Some(entry.log_id);
+                    match &entry.payload {
+                        EntryPayload::Blank => replies.push(Vec::new()),
+                        EntryPayload::Normal(batch) => {
+                            replies.push(batch.iter().map(|cmd| shoal_meta_core::apply(&mut kv, cmd)).collect());
+                        }
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                            replies.push(Vec::new());
+                        }
+                    }
+                }
+                if let Some(e) = kv.failed {
+                    return Err(sm_err(ErrorVerb::Write, e));
+                }
+            }
+            {
+                let mut meta = txn.open_table(SM_META).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                meta.insert("last_applied", codec::encode(&last_applied).as_slice()).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                if let Some(m) = membership {
+                    meta.insert("membership", codec::encode(&m).as_slice()).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                }
+            }
+            txn.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            Ok(replies)
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<tokio::fs::File>> {
+        let path = self.snapshot_dir.join("incoming.partial");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, snapshot: Box<tokio::fs::File>) -> SResult<()> {
+        snapshot.sync_all().await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(snapshot);
+        let incoming = self.snapshot_dir.join("incoming.partial");
+        let current = self.current_snapshot_path();
+        std::fs::rename(&incoming, &current).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let db = self.db.clone();
+        let loaded = tokio::task::spawn_blocking(move || Self::load_snapshot(&db, &current))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        if loaded.last_log_id != meta.last_log_id {
+            return Err(sm_err(ErrorVerb::Write, "snapshot file does not match its announced metadata"));
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
+        let path = self.current_snapshot_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let p = path.clone();
+        let meta = tokio::task::spawn_blocking(move || -> anyhow::Result<SnapshotMeta<NodeId, openraft::BasicNode>> {
+            let mut f = std::fs::File::open(&p)?;
+            let mut magic = [0u8; 8];
+            f.read_exact(&mut magic)?;
+            anyhow::ensure!(&magic == SNAPSHOT_MAGIC, "not a snapshot");
+            let len = read_u32(&mut f)? as usize;
+            anyhow::ensure!(len < (64 << 20), "snapshot header too long");
+            let mut h = vec![0u8; len];
+            f.read_exact(&mut h)?;
+            Ok(codec::decode::<SnapshotHeader>(&h)?.meta)
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Read, e))?
+        .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+/// Commands are applied in batches: one log entry carries every command gathered while the
+/// previous entry was being replicated (group commit).
+pub type Batch = Vec<Command>;
+
+pub fn is_bootstrap(batch: &Batch) -> bool {
+    batch.iter().any(|c| matches!(c.kind, CommandKind::Bootstrap(_)))
+}

@@ -1,0 +1,231 @@
+//! A storage server. It keeps no per-client state: every request names the blob it touches, so
+//! any replica can serve it and a restarted server just carries on (NFS style). It registers
+//! with the metadata leader, heartbeats with its capacity, and carries out the orders a
+//! heartbeat returns: delete garbage blobs and copy under-replicated ones from a peer. Orders
+//! carry the leader's term; orders from a term older than one already seen are refused, so a
+//! deposed leader cannot destroy data.
+
+use anyhow::Context;
+use bytes::Bytes;
+use shoal_blob_store::{BlobStore, RealDisk};
+use shoal_client::Client;
+use shoal_net::{PeerInfo, Service};
+use shoal_pki::Role;
+use shoal_types::config::{ClientConfig, StoreConfig};
+use shoal_types::meta_msg::*;
+use shoal_types::store_msg::{StoreReply, StoreRequest, StoreResponse};
+use shoal_types::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Repairs carried out at once.
+pub const REPAIRS_IN_FLIGHT_MAX: usize = 4;
+
+pub struct StoreService {
+    pub id: StoreId,
+    blobs: Arc<BlobStore<RealDisk>>,
+    /// Highest leader term seen on an order (fencing of deposed leaders).
+    term_seen: AtomicU64,
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> FsError {
+    FsError::Internal(e.to_string())
+}
+
+impl StoreService {
+    async fn handle(&self, peer: &PeerInfo, req: StoreRequest, payload: Bytes) -> Result<(StoreReply, Bytes), FsError> {
+        let role = peer.identity.as_ref().map(|i| i.role);
+        match req {
+            StoreRequest::Put { blob, crc } => {
+                let blobs = self.blobs.clone();
+                tokio::task::spawn_blocking(move || blobs.put(blob, &payload, crc)).await.map_err(blocking_err)??;
+                Ok((StoreReply::Ok, Bytes::new()))
+            }
+            StoreRequest::Get { blob, offset, len } => {
+                let blobs = self.blobs.clone();
+                let data = tokio::task::spawn_blocking(move || blobs.get(blob, offset, len)).await.map_err(blocking_err)?;
+                let data = match data {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if matches!(e, shoal_blob_store::BlobError::Corrupt { .. }) {
+                            tracing::error!("blob {blob} is corrupt on this server: {e}");
+                        }
+                        return Err(e.into());
+                    }
+                };
+                Ok((StoreReply::Data { len: data.len() as u64 }, Bytes::from(data)))
+            }
+            StoreRequest::Delete { blob, term } => {
+                if role != Some(Role::Admin) && role != Some(Role::Meta) {
+                    return Err(FsError::PermissionDenied);
+                }
+                self.check_term(term)?;
+                let blobs = self.blobs.clone();
+                tokio::task::spawn_blocking(move || blobs.delete(blob)).await.map_err(blocking_err)??;
+                Ok((StoreReply::Ok, Bytes::new()))
+            }
+            StoreRequest::Stat => Ok((
+                StoreReply::Stat { capacity: self.blobs.capacity_bytes(), used: self.blobs.used_bytes(), blobs: self.blobs.blob_count() },
+                Bytes::new(),
+            )),
+            StoreRequest::Verify { blob } => {
+                let blobs = self.blobs.clone();
+                tokio::task::spawn_blocking(move || blobs.verify(blob)).await.map_err(blocking_err)??;
+                Ok((StoreReply::Ok, Bytes::new()))
+            }
+        }
+    }
+
+    fn check_term(&self, term: Term) -> Result<(), FsError> {
+        let seen = self.term_seen.fetch_max(term.0, Ordering::AcqRel);
+        if term.0 < seen {
+            return Err(FsError::Fenced { got: term.0, seen });
+        }
+        Ok(())
+    }
+}
+
+impl Service for StoreService {
+    type Req = StoreRequest;
+    type Resp = StoreResponse;
+
+    async fn call(self: Arc<Self>, peer: Arc<PeerInfo>, req: StoreRequest, payload: Bytes) -> (StoreResponse, Bytes) {
+        match self.handle(&peer, req, payload).await {
+            Ok((reply, body)) => (Ok(reply), body),
+            Err(e) => (Err(e), Bytes::new()),
+        }
+    }
+}
+
+pub async fn run(cfg: StoreConfig) -> anyhow::Result<()> {
+    let (service, task) = start(cfg).await?;
+    let _ = service;
+    task.await?;
+    Ok(())
+}
+
+pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio::task::JoinHandle<()>)> {
+    let dir = cfg.data_dir.join("blobs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let capacity = cfg.capacity_bytes;
+    let blobs = tokio::task::spawn_blocking(move || BlobStore::open(RealDisk, dir, capacity)).await??;
+    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(0) });
+    let server_tls = shoal_pki::server_config(&cfg.tls).context("load TLS files")?;
+    let client_tls = shoal_pki::client_config(&cfg.tls).context("load TLS files")?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
+    tracing::info!(id = cfg.id.0, addr = %listener.local_addr()?, blobs = service.blobs.blob_count(), "storage server serving");
+    let task = tokio::spawn(shoal_net::rpc::serve(listener, server_tls, service.clone()));
+    let client = Arc::new(Client::without_session(
+        &ClientConfig { meta: cfg.meta.clone(), tls: cfg.tls.clone() },
+        client_tls,
+        Credentials::ROOT,
+    )?);
+    tokio::spawn(heartbeat_loop(service.clone(), client, cfg));
+    Ok((service, task))
+}
+
+/// Register, then heartbeat forever; carry out the orders each heartbeat returns.
+async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: StoreConfig) {
+    let every = Duration::from_millis(cfg.heartbeat_ms);
+    let deleted: Arc<Mutex<Vec<BlobId>>> = Arc::default();
+    let repaired: Arc<Mutex<Vec<BlobId>>> = Arc::default();
+    let repairing = Arc::new(tokio::sync::Semaphore::new(REPAIRS_IN_FLIGHT_MAX));
+    let in_repair: Arc<Mutex<std::collections::BTreeSet<BlobId>>> = Arc::default();
+    let mut registered = false;
+    loop {
+        let (capacity, used) = (service.blobs.capacity_bytes(), service.blobs.used_bytes());
+        if !registered {
+            let op = MetaOp::RegisterStore { store: service.id, addr: cfg.listen.clone(), capacity, used };
+            match client.meta(op).await {
+                Ok(_) => {
+                    registered = true;
+                    tracing::info!("registered with the metadata service");
+                }
+                Err(e) => tracing::warn!("failed to register: {e}"),
+            }
+            tokio::time::sleep(every).await;
+            continue;
+        }
+        let sent_deleted = std::mem::take(&mut *deleted.lock().expect("lock"));
+        let sent_repaired = std::mem::take(&mut *repaired.lock().expect("lock"));
+        let hb = StoreHeartbeat {
+            store: service.id,
+            addr: cfg.listen.clone(),
+            capacity,
+            used,
+            deleted: sent_deleted.clone(),
+            repaired: sent_repaired.clone(),
+        };
+        match client.meta(MetaOp::StoreHeartbeat(hb)).await {
+            Ok(MetaReply::StoreOrders(orders)) => {
+                if let Err(e) = service.check_term(orders.term) {
+                    tracing::warn!("ignored orders from a deposed leader: {e}");
+                } else {
+                    // Deletions.
+                    let blobs = service.blobs.clone();
+                    let del = deleted.clone();
+                    let to_delete = orders.delete.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for b in to_delete {
+                            match blobs.delete(b) {
+                                Ok(_) => del.lock().expect("lock").push(b),
+                                Err(e) => tracing::warn!("failed to delete blob {b}: {e}"),
+                            }
+                        }
+                    })
+                    .await;
+                    // Repairs, in the background, bounded.
+                    for order in orders.repair {
+                        if !in_repair.lock().expect("lock").insert(order.blob) {
+                            continue;
+                        }
+                        let Ok(permit) = repairing.clone().try_acquire_owned() else {
+                            in_repair.lock().expect("lock").remove(&order.blob);
+                            break;
+                        };
+                        let (service, client, repaired, in_repair) = (service.clone(), client.clone(), repaired.clone(), in_repair.clone());
+                        tokio::spawn(async move {
+                            match repair(&service, &client, &order).await {
+                                Ok(()) => repaired.lock().expect("lock").push(order.blob),
+                                Err(e) => tracing::warn!("failed to repair blob {}: {e}", order.blob),
+                            }
+                            in_repair.lock().expect("lock").remove(&order.blob);
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+            Ok(other) => tracing::warn!("unexpected heartbeat reply {other:?}"),
+            Err(e) => {
+                tracing::warn!("heartbeat failed: {e}");
+                // Report again next time.
+                deleted.lock().expect("lock").extend(sent_deleted);
+                repaired.lock().expect("lock").extend(sent_repaired);
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Copy one blob from a peer holding it, verify it end to end, store it durably.
+async fn repair(service: &StoreService, client: &Client, order: &RepairOrder) -> Result<(), FsError> {
+    if service.blobs.contains(order.blob) {
+        return Ok(());
+    }
+    let mut last = FsError::Unavailable("no source".into());
+    for src in &order.sources {
+        let req = StoreRequest::Get { blob: order.blob, offset: 0, len: order.len };
+        match client.store_call(&src.addr, &req, &[]).await {
+            Ok((StoreReply::Data { .. }, data)) if crc32c::crc32c(&data) == order.crc => {
+                let blobs = service.blobs.clone();
+                let (blob, crc) = (order.blob, order.crc);
+                tokio::task::spawn_blocking(move || blobs.put(blob, &data, crc)).await.map_err(blocking_err)??;
+                return Ok(());
+            }
+            Ok(_) => last = FsError::Corrupt(format!("copy on {} does not match its checksum", src.addr)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
