@@ -159,6 +159,10 @@ impl Client {
                 }
                 Ok((MetaWireResp::Client(r), _)) => return r,
                 Ok((other, _)) => return Err(FsError::Protocol(format!("unexpected reply {other:?}"))),
+                Err(e @ shoal_net::NetError::Handshake { .. }) => {
+                    tracing::warn!("metadata server {} refused our certificate: {e}", rpc.addr());
+                    return Err(e.into());
+                }
                 Err(e) => {
                     tracing::debug!("metadata server {} unreachable: {e}", rpc.addr());
                     last_err = e.into();

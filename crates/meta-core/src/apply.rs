@@ -678,6 +678,7 @@ impl<K: Kv> Sm<'_, K> {
             return;
         }
         // No file references it any more: order every holder to delete it.
+        self.counters.blob_bytes = self.counters.blob_bytes.saturating_sub(info.len);
         self.kv.delete(Table::Blobs, &bkey);
         self.kv.delete(Table::Repair, &bkey);
         for s in &info.stores {
@@ -805,6 +806,7 @@ impl<K: Kv> Sm<'_, K> {
             if stores.len() < intent.policy.copies() {
                 store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
             }
+            self.counters.blob_bytes += nb.len;
             let info = BlobInfo { len: nb.len, policy: intent.policy, stores, refs: 0, crc: nb.crc };
             store(self.kv, Table::Blobs, &ikey, &info);
         }

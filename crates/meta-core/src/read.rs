@@ -96,11 +96,13 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
             let (capacity, used) = stores(kv).iter().filter(|(_, r)| r.alive).fold((0u64, 0u64), |(c, u), (_, r)| (c + r.capacity, u + r.used));
             let counters: Counters = load(kv, Table::Meta, crate::apply::COUNTERS_KEY).unwrap_or_default();
             // Figures are in logical bytes: raw bytes divided by the default number of copies.
+            // Used is exact (bytes of the blobs files reference), not the servers' last report.
             let copies = Policy::DEFAULT.copies() as u64;
+            let available = capacity.saturating_sub(used) / copies;
             Ok(MetaReply::Statfs(Statfs {
-                capacity: capacity / copies,
-                used: used / copies,
-                available: capacity.saturating_sub(used) / copies,
+                capacity: counters.blob_bytes + available,
+                used: counters.blob_bytes,
+                available,
                 files: counters.files,
                 block_size: 4096,
             }))
@@ -124,7 +126,10 @@ pub fn status(kv: &impl KvRead) -> ClusterStatus {
     ClusterStatus {
         stores: stores(kv)
             .into_iter()
-            .map(|(id, r)| StoreStatus { id, addr: r.addr, capacity: r.capacity, used: r.used, last_heartbeat: r.last_heartbeat, alive: r.alive, blobs: r.blobs })
+            .map(|(id, r)| {
+                let blobs = kv.scan(Table::StoreBlobs, &key::u64(id.0), &key::prefix_end(id.0), usize::MAX).len() as u64;
+                StoreStatus { id, addr: r.addr, capacity: r.capacity, used: r.used, last_heartbeat: r.last_heartbeat, alive: r.alive, blobs }
+            })
             .collect(),
         files: counters.files,
         blobs: count(Table::Blobs),

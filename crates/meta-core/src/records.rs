@@ -13,6 +13,8 @@ pub struct Counters {
     /// The cluster clock: the largest time any applied entry carried. Never goes back.
     pub now: TimeNs,
     pub files: u64,
+    /// Bytes of committed blobs still referenced (one copy each): what `df` reports as used.
+    pub blob_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

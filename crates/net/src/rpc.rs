@@ -30,6 +30,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum NetError {
     #[error("connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The TLS handshake failed: a certificate was refused. Retrying does not help.
+    #[error("TLS handshake with {addr} refused: {reason}")]
+    Handshake { addr: String, reason: String },
     #[error("request to {addr} timed out after {after:?}")]
     Timeout { addr: String, after: Duration },
     #[error("connection to {addr} lost: {reason}")]
@@ -40,7 +43,10 @@ pub enum NetError {
 
 impl From<NetError> for shoal_types::FsError {
     fn from(e: NetError) -> Self {
-        shoal_types::FsError::Unavailable(e.to_string())
+        match e {
+            NetError::Handshake { .. } => shoal_types::FsError::PermissionDenied,
+            e => shoal_types::FsError::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -195,7 +201,10 @@ impl RpcClient {
         let tcp = TcpStream::connect(&self.addr).await.map_err(|e| err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(shoal_pki::SERVER_NAME).map_err(|e| err(e.to_string()))?;
-        let tls = TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| err(format!("TLS: {e}")))?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| NetError::Handshake { addr: self.addr.clone(), reason: e.to_string() })?;
         let (mut rd, wr) = tokio::io::split(tls);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
@@ -258,6 +267,11 @@ impl RpcClient {
             }
             match rx.await {
                 Ok(Ok(f)) => Ok(f),
+                // With TLS 1.3 a client learns that the server refused its certificate only from
+                // the alert that closes the connection after the handshake.
+                Ok(Err(reason)) if reason.contains("received fatal alert") => {
+                    Err(NetError::Handshake { addr: self.addr.clone(), reason })
+                }
                 Ok(Err(reason)) => Err(lost(reason)),
                 Err(_) => Err(lost("reader stopped".into())),
             }

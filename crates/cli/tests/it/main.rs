@@ -1,0 +1,6 @@
+//! Tests against real processes: the `shoal` binary started as a local cluster on loopback.
+
+mod harness;
+mod cli;
+mod faults;
+mod namespace;

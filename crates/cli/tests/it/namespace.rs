@@ -1,0 +1,117 @@
+//! The namespace through the client library against a real cluster.
+
+use crate::harness::*;
+use shoal_types::*;
+use std::collections::BTreeSet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_small_files() {
+    let c = TestCluster::start();
+    let client = c.client().await;
+    let root = FileHandle::ROOT;
+    let dir = client.mkdir(root, "many", 0o755).await.unwrap();
+    let n = 10_000u64;
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                let a = client.create(dir.handle, &format!("f{i:05}"), 0o644, true).await.unwrap();
+                if i % 10 == 0 {
+                    client.write_at(a.handle, 0, format!("content {i}").as_bytes()).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let listed = client.readdir_all(dir.handle).await.unwrap();
+    assert_eq!(listed.len() as u64, n);
+    let names: BTreeSet<_> = listed.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(names.len() as u64, n, "no duplicates");
+    for i in (0..n).step_by(370) {
+        let a = client.lookup(dir.handle, &format!("f{i:05}")).await.unwrap();
+        let data = client.read_range(a.handle, 0, 100).await.unwrap();
+        if i % 10 == 0 {
+            assert_eq!(data, format!("content {i}").as_bytes());
+        } else {
+            assert!(data.is_empty());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_during_mass_delete_neither_skips_nor_repeats() {
+    let c = TestCluster::start();
+    let client = c.client().await;
+    let n: u64 = if std::env::var("SHOAL_BIG").is_ok() { 100_000 } else { 6_000 };
+    let dir = client.mkdir(FileHandle::ROOT, "d", 0o755).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                client.create(dir.handle, &format!("e{i:06}"), 0o644, true).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Survivors: every name ending in 7 is never deleted.
+    let deleter = {
+        let client = c.client().await;
+        tokio::spawn(async move {
+            for i in 0..n {
+                if i % 10 != 7 {
+                    client.unlink(dir.handle, &format!("e{i:06}")).await.unwrap();
+                }
+            }
+        })
+    };
+    let lister = c.client().await;
+    let mut seen = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let (entries, eof) = lister.readdir(dir.handle, cookie, 100).await.unwrap();
+        for e in &entries {
+            cookie = e.cookie;
+            seen.push(e.name.clone());
+        }
+        if eof {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    deleter.await.unwrap();
+    let survivors: Vec<String> = (0..n).filter(|i| i % 10 == 7).map(|i| format!("e{i:06}")).collect();
+    let seen_set: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), seen_set.len(), "an entry was listed twice");
+    for s in &survivors {
+        assert!(seen_set.contains(s), "survivor {s} was skipped");
+    }
+    let left = client.readdir_all(dir.handle).await.unwrap();
+    assert_eq!(left.len(), survivors.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_handles_and_orphans() {
+    let c = TestCluster::start();
+    let client = c.client().await;
+    let f = client.create(FileHandle::ROOT, "f", 0o644, true).await.unwrap();
+    client.open(f.handle).await.unwrap();
+    client.write_at(f.handle, 0, b"still here").await.unwrap();
+    client.unlink(FileHandle::ROOT, "f").await.unwrap();
+    // Open before the unlink: still readable and writable.
+    assert_eq!(client.read_range(f.handle, 0, 100).await.unwrap(), b"still here");
+    client.write_at(f.handle, 0, b"STILL").await.unwrap();
+    assert_eq!(client.read_range(f.handle, 0, 100).await.unwrap(), b"STILL here");
+    client.release(f.handle).await.unwrap();
+    assert_eq!(client.getattr(f.handle).await, Err(FsError::Stale));
+    assert_eq!(client.read_range(f.handle, 0, 10).await, Err(FsError::Stale));
+    // A handle with a wrong generation is stale too.
+    let g = client.create(FileHandle::ROOT, "g", 0o644, true).await.unwrap();
+    let forged = FileHandle { generation: Generation(g.handle.generation.0 + 1), ..g.handle };
+    assert_eq!(client.getattr(forged).await, Err(FsError::Stale));
+}
