@@ -2,6 +2,7 @@
 //! `up`, `down`, `status`) and for file commands without a mount (`put`, `get`, `cp`, `ls`, ...).
 //! Errors are turned into a message and an exit code in one place, [`exit_code`].
 
+mod bench;
 mod cluster;
 mod files;
 
@@ -99,6 +100,14 @@ enum Cmd {
         path: String,
     },
     Df,
+    /// Measure a running cluster: bare rustls streams, 3-copy put and get, creates/s with 16
+    /// clients, create latency. Prints a table; asserts nothing.
+    Bench {
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 20_000)]
+        creates: u64,
+    },
 }
 
 fn cluster_dir(cli_dir: &Option<PathBuf>) -> PathBuf {
@@ -177,6 +186,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Status { json } => files::status(&dir, json).await,
+        Cmd::Bench { size_mib, creates } => bench::run(&dir, size_mib, creates).await,
         other => files::run(&dir, other).await,
     }
 }

@@ -25,6 +25,8 @@ const _: () = assert!(CHUNK_SIZE % BLOB_BYTES == 0);
 pub const PUTS_IN_FLIGHT_MAX: usize = 4;
 /// Windows being read at once by one stream.
 pub const READS_IN_FLIGHT_MAX: usize = 4;
+/// How long a put waits for the copies beyond the write quorum.
+pub const LAGGARD_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Blob ids reserved per intent.
 pub const BLOBS_PER_INTENT: u32 = 16;
 
@@ -55,7 +57,18 @@ impl Client {
             in_flight.push(put(targets[next].clone()));
             next += 1;
         }
-        while let Some((t, r)) = in_flight.next().await {
+        loop {
+            let next_done = if ok.len() >= quorum {
+                // Quorum reached: give the remaining copies a short grace, then commit without
+                // them; repair makes the missing copy later.
+                match tokio::time::timeout(LAGGARD_GRACE, in_flight.next()).await {
+                    Ok(x) => x,
+                    Err(_) => break,
+                }
+            } else {
+                in_flight.next().await
+            };
+            let Some((t, r)) = next_done else { break };
             match r {
                 Ok((StoreReply::Ok, _)) => ok.push(t.store),
                 Ok((other, _)) => last_err = FsError::Protocol(format!("unexpected reply {other:?}")),
@@ -278,9 +291,16 @@ impl Client {
         mut dst: W,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> FsResult<u64> {
-        let size = self.getattr(handle).await?.size;
+        // One layout for the whole read: the bytes returned all belong to one version.
+        let layout = match self.meta(MetaOp::GetLayout { handle, first_chunk: 0, n_chunks: u64::MAX / CHUNK_SIZE }).await? {
+            MetaReply::Layout(l) => l,
+            other => return Err(FsError::Protocol(format!("expected a layout, got {other:?}"))),
+        };
+        let size = layout.attr.size;
         let windows: Vec<u64> = (0..size.div_ceil(BLOB_BYTES)).map(|i| i * BLOB_BYTES).collect();
-        let mut stream = futures::stream::iter(windows).map(|off| self.read_range(handle, off, BLOB_BYTES)).buffered(READS_IN_FLIGHT_MAX);
+        let layout = &layout;
+        let mut stream =
+            futures::stream::iter(windows).map(|off| self.read_with_layout(layout, off, BLOB_BYTES)).buffered(READS_IN_FLIGHT_MAX);
         let mut done = 0u64;
         while let Some(piece) = stream.next().await {
             let piece = piece?;

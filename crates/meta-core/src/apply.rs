@@ -259,7 +259,7 @@ impl<K: Kv> Sm<'_, K> {
                     self.kv.delete(Table::Intents, &k);
                     let blob = BlobId(key::read_u64(&k, 0));
                     if load::<BlobInfo>(self.kv, Table::Blobs, &k).is_none() {
-                        // Uncommitted: a writer may have put copies anywhere; every live server
+                        // Uncommitted: a writer may have put copies anywhere; every known server
                         // is told to delete it.
                         for (sk, _) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
                             self.kv.put(Table::GcOrders, &key::u64_u64(key::read_u64(&sk, 0), blob.0), &[]);
@@ -592,6 +592,7 @@ impl<K: Kv> Sm<'_, K> {
                 rec.mode &= !0o6000;
             }
             self.truncate(handle.inode, &mut rec, size);
+            rec.version += 1;
             rec.mtime = self.now;
         }
         if set.atime.is_some() || set.mtime.is_some() {
@@ -632,7 +633,6 @@ impl<K: Kv> Sm<'_, K> {
             }
         }
         rec.size = size;
-        rec.version += 1;
     }
 
     /// Lay `new` over chunk `idx` and drop slices no byte of which is visible any more.
@@ -715,7 +715,7 @@ impl<K: Kv> Sm<'_, K> {
         if rec.kind != FileKind::File {
             return Err(FsError::Invalid("not a regular file".into()));
         }
-        let _ = cred; // Write permission was checked at open; an open handle may write.
+        perm::check(&rec, cred, W)?;
         if count == 0 || count as usize > crate::BLOBS_PER_COMMIT_MAX {
             return Err(FsError::Invalid(format!("blob count {count} out of range")));
         }
@@ -754,7 +754,7 @@ impl<K: Kv> Sm<'_, K> {
         if rec.kind != FileKind::File {
             return Err(FsError::Invalid("not a regular file".into()));
         }
-        let _ = cred;
+        perm::check(&rec, cred, W)?;
         if let Some(base) = c.base_version {
             if base.0 != rec.version {
                 return Err(FsError::VersionConflict { current: rec.version });
@@ -762,6 +762,12 @@ impl<K: Kv> Sm<'_, K> {
         }
         if c.blobs.len() > crate::BLOBS_PER_COMMIT_MAX {
             return Err(FsError::Invalid("too many blobs in one commit".into()));
+        }
+        let mut ids: Vec<BlobId> = c.blobs.iter().map(|b| b.blob).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != c.blobs.len() {
+            return Err(FsError::Invalid("a blob is named twice in one commit".into()));
         }
         // Every new blob must be covered by a live intent for this inode, with a write quorum.
         for nb in &c.blobs {

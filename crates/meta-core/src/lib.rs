@@ -59,8 +59,7 @@ impl Default for Params {
 
 /// Replies kept per session for retries.
 pub const REPLIES_PER_SESSION_MAX: u64 = 4096;
-/// Entries of a directory removed in one `rmdir`: always 0 (must be empty); listed for symmetry
-/// with the other bounds.
+/// New blobs named by one commit (or reserved by one intent).
 pub const BLOBS_PER_COMMIT_MAX: usize = 4096;
 /// Orders handed to a storage server per heartbeat.
 pub const ORDERS_PER_HEARTBEAT_MAX: usize = 256;

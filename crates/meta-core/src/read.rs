@@ -65,6 +65,7 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
         }
         MetaOp::GetLayout { handle, first_chunk, n_chunks } => {
             let rec = inode_of(kv, handle)?;
+            perm::check(&rec, cred, perm::R)?;
             let end = first_chunk.saturating_add((*n_chunks).max(1));
             let rows = kv.scan(Table::Chunks, &key::u64_u64(handle.inode.0, *first_chunk), &key::u64_u64(handle.inode.0, end), usize::MAX);
             let mut chunks = Vec::with_capacity(rows.len());

@@ -106,7 +106,8 @@ pub async fn run(cfg: StoreConfig) -> anyhow::Result<()> {
 }
 
 pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio::task::JoinHandle<()>)> {
-    let dir = cfg.data_dir.join("blobs");
+    // The blob store lays out its own `blobs/` directory under this one.
+    let dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let capacity = cfg.capacity_bytes;
     let blobs = tokio::task::spawn_blocking(move || BlobStore::open(RealDisk, dir, capacity)).await??;

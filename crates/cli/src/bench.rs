@@ -1,0 +1,136 @@
+//! `shoal bench`: figures of a running cluster, side by side with a bare rustls stream on this
+//! machine, printed as a table with ratios. A benchmark, not a test: nothing here asserts.
+
+use crate::connect;
+use anyhow::Result;
+use shoal_types::FileHandle;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub async fn run(dir: &Path, size_mib: u64, creates: u64) -> Result<()> {
+    let client = connect(dir).await?;
+    let bytes = size_mib << 20;
+    let mut rows: Vec<(String, f64, String)> = Vec::new();
+
+    // Bare rustls: one stream, then three at once, with the cluster's own certificates.
+    let tls_one = bare_tls(dir, bytes, 1).await?;
+    let tls_three = bare_tls(dir, bytes, 3).await?;
+    rows.push(("bare rustls stream, MB/s".into(), tls_one, "1 stream".into()));
+    rows.push(("bare rustls, 3 streams together, MB/s".into(), tls_three, "3 streams".into()));
+
+    // 3-copy put and get of `bytes`.
+    let name = format!("bench-{}", std::process::id());
+    let f = client.create(FileHandle::ROOT, &name, 0o644, true).await?;
+    let data: Arc<Vec<u8>> = Arc::new((0..bytes).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect());
+    let t = Instant::now();
+    client.write_stream(f.handle, &data[..], &|_| {}).await?;
+    let put = mbps(bytes, t.elapsed());
+    rows.push(("put, 3 copies, MB/s".into(), put, format!("{:.2}x of 3 bare streams", put / tls_three)));
+    let t = Instant::now();
+    let n = client.read_stream(f.handle, tokio::io::sink(), &|_| {}).await?;
+    let get = mbps(n, t.elapsed());
+    rows.push(("get, MB/s".into(), get, format!("{:.2}x of 1 bare stream", get / tls_one)));
+    client.unlink(FileHandle::ROOT, &name).await?;
+
+    // Metadata: creates/s with 16 clients (each its own session), every create committed on a
+    // majority; then single-client create latency.
+    let d = client.mkdir(FileHandle::ROOT, &format!("bench-meta-{}", std::process::id()), 0o755).await?;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(connect(dir).await?);
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (w, c) in clients.iter().enumerate() {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w as u64..creates).step_by(16) {
+                c.create(d.handle, &format!("f{i}"), 0o644, true).await?;
+            }
+            Ok::<_, shoal_types::FsError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = creates as f64 / t.elapsed().as_secs_f64();
+    rows.push(("creates/s, 16 clients".into(), rate, format!("{creates} creates")));
+    let mut lat = Vec::new();
+    for i in 0..500 {
+        let t = Instant::now();
+        client.create(d.handle, &format!("lat{i}"), 0o644, true).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    rows.push(("create latency p50, ms".into(), lat[lat.len() / 2].as_secs_f64() * 1000.0, "1 client".into()));
+    rows.push(("create latency p99, ms".into(), lat[lat.len() * 99 / 100].as_secs_f64() * 1000.0, "1 client".into()));
+    for c in &clients {
+        let _ = c.close().await;
+    }
+    let _ = client.close().await;
+
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec!["figure", "value", "note"]);
+    for (k, v, note) in rows {
+        t.add_row(vec![k, format!("{v:.1}"), note]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+/// Stream `bytes` over `streams` concurrent mutual-TLS connections on loopback (1 MiB writes).
+async fn bare_tls(dir: &Path, bytes: u64, streams: usize) -> Result<f64> {
+    let tls_dir = dir.join("tls");
+    let files = shoal_types::config::TlsFiles {
+        ca_cert: tls_dir.join("ca.crt"),
+        cert: tls_dir.join("meta-1.crt"),
+        key: tls_dir.join("meta-1.key"),
+    };
+    let server = tokio_rustls::TlsAcceptor::from(shoal_pki::server_config(&files)?);
+    let connector = tokio_rustls::TlsConnector::from(shoal_pki::client_config(&files)?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = tokio::spawn(async move {
+        let mut sinks = Vec::new();
+        for _ in 0..streams {
+            let (tcp, _) = listener.accept().await?;
+            let server = server.clone();
+            sinks.push(tokio::spawn(async move {
+                let mut s = server.accept(tcp).await?;
+                let mut buf = vec![0u8; 1 << 20];
+                while s.read(&mut buf).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            }));
+        }
+        for s in sinks {
+            s.await??;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let t = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..streams {
+        let connector = connector.clone();
+        senders.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let mut s = connector.connect(shoal_pki::server_name(), tcp).await?;
+            let buf = vec![7u8; 1 << 20];
+            for _ in 0..bytes >> 20 {
+                s.write_all(&buf).await?;
+            }
+            s.shutdown().await?;
+            Ok::<_, std::io::Error>(())
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    acceptor.await??;
+    Ok(mbps(bytes * streams as u64, t.elapsed()))
+}
