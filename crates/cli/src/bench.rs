@@ -125,6 +125,10 @@ async fn bare_tls(dir: &Path, bytes: u64, streams: usize) -> Result<f64> {
                 s.write_all(&buf).await?;
             }
             s.shutdown().await?;
+            // Drain what the server sent (session tickets) so closing does not reset the
+            // connection under the server's last read.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
             Ok::<_, std::io::Error>(())
         }));
     }
