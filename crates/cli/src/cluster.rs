@@ -50,6 +50,7 @@ pub struct InitOptions {
     pub metas: usize,
     pub stores: usize,
     pub store_capacity_bytes: u64,
+    pub snapshot_every_entries: u64,
 }
 
 /// Create the CA, certificates and configuration of a local cluster under `dir`.
@@ -89,7 +90,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
             session_lease_ms: defaults::session_lease_ms(),
             intent_lease_ms: defaults::intent_lease_ms(),
             store_dead_after_ms: defaults::store_dead_after_ms(),
-            snapshot_every_entries: defaults::snapshot_every_entries(),
+            snapshot_every_entries: opts.snapshot_every_entries,
         };
         write_toml(&data_dir.join("meta.toml"), &cfg)?;
     }

@@ -36,6 +36,9 @@ enum Cmd {
         /// Bytes each storage server may use (0: its disk's free space).
         #[arg(long, default_value_t = 0)]
         store_capacity: u64,
+        /// Log entries between metadata snapshots (older entries are then purged).
+        #[arg(long, default_value_t = shoal_types::config::defaults::snapshot_every_entries())]
+        snapshot_every: u64,
     },
     /// Start the local cluster (initializing it first if needed); returns once healthy with
     /// --detach, else stays in the foreground and stops everything on Ctrl-C.
@@ -173,8 +176,9 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg: StoreConfig = cluster::read_toml(&config)?;
             shoal_store_server::run(cfg).await
         }
-        Cmd::Init { metas, stores, store_capacity } => {
-            let c = cluster::init(&dir, &cluster::InitOptions { metas, stores, store_capacity_bytes: store_capacity })?;
+        Cmd::Init { metas, stores, store_capacity, snapshot_every } => {
+            let opts = cluster::InitOptions { metas, stores, store_capacity_bytes: store_capacity, snapshot_every_entries: snapshot_every };
+            let c = cluster::init(&dir, &opts)?;
             println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());
             Ok(())
         }
@@ -193,7 +197,12 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn up(dir: &Path, detach: bool) -> Result<()> {
     if !dir.join("cluster.toml").exists() {
-        let c = cluster::init(dir, &cluster::InitOptions { metas: 3, stores: 4, store_capacity_bytes: 0 })?;
+        let c = cluster::init(dir, &cluster::InitOptions {
+            metas: 3,
+            stores: 4,
+            store_capacity_bytes: 0,
+            snapshot_every_entries: shoal_types::config::defaults::snapshot_every_entries(),
+        })?;
         println!("initialized cluster {} in {}", c.name, dir.display());
     }
     let dir = dir.canonicalize()?;
