@@ -3,4 +3,5 @@
 mod harness;
 mod cli;
 mod faults;
+mod format;
 mod namespace;
