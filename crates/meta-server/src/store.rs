@@ -24,7 +24,8 @@ use std::fmt::Debug;
 use std::io::{Read, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 type NodeId = u64;
 type SResult<T> = Result<T, StorageError<NodeId>>;
@@ -141,14 +142,35 @@ impl KvRead for ReadKv {
 
 // ---------------------------------------------------------------- log store
 
+type LogEntry = Entry<TypeConfig>;
+
+/// Work for the log writer thread, done in queue order.
+enum LogOp {
+    Append(Vec<LogEntry>, LogFlushed<TypeConfig>),
+    Truncate(u64, std::sync::mpsc::SyncSender<Result<(), String>>),
+    Purge(LogId<NodeId>, std::sync::mpsc::SyncSender<Result<(), String>>),
+}
+
+/// The Raft log. `append` returns at once: entries wait in `pending` (readable) while the writer
+/// thread makes them durable, many appends per fsync, and then reports them flushed. So the Raft
+/// core never waits on the disk, and concurrent entries share one fsync (group commit of the log).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Arc<Mutex<BTreeMap<u64, LogEntry>>>,
+    tx: std::sync::mpsc::Sender<LogOp>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending: Arc<Mutex<BTreeMap<u64, LogEntry>>> = Arc::default();
+        let (wdb, wpending) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || log_writer(wdb, wpending, rx))
+            .expect("spawn the log writer");
+        LogStore { db, pending, tx }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> SResult<Option<T>> {
@@ -160,13 +182,99 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> SResult<()> {
-        let txn = self.db.begin_write().map_err(|e| log_err(ErrorVerb::Write, e))?;
-        {
-            let mut table = txn.open_table(RAFT_META).map_err(|e| log_err(ErrorVerb::Write, e))?;
-            table.insert(key, codec::encode(value).as_slice()).map_err(|e| log_err(ErrorVerb::Write, e))?;
+    async fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> SResult<()> {
+        let db = self.db.clone();
+        let bytes = codec::encode(value);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(|e| log_err(ErrorVerb::Write, e))?;
+            {
+                let mut table = txn.open_table(RAFT_META).map_err(|e| log_err(ErrorVerb::Write, e))?;
+                table.insert(key, bytes.as_slice()).map_err(|e| log_err(ErrorVerb::Write, e))?;
+            }
+            txn.commit().map_err(|e| log_err(ErrorVerb::Write, e))
+        })
+        .await
+        .map_err(|e| log_err(ErrorVerb::Write, e))?
+    }
+
+    async fn writer_op(&self, make: impl FnOnce(std::sync::mpsc::SyncSender<Result<(), String>>) -> LogOp) -> SResult<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx.send(make(tx)).map_err(|_| log_err(ErrorVerb::Write, "log writer stopped"))?;
+        tokio::task::spawn_blocking(move || rx.recv())
+            .await
+            .map_err(|e| log_err(ErrorVerb::Write, e))?
+            .map_err(|_| log_err(ErrorVerb::Write, "log writer stopped"))?
+            .map_err(|e| log_err(ErrorVerb::Write, e))
+    }
+}
+
+fn log_writer(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, LogEntry>>>, rx: std::sync::mpsc::Receiver<LogOp>) {
+    let mut appends: Vec<(Vec<LogEntry>, LogFlushed<TypeConfig>)> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
         }
-        txn.commit().map_err(|e| log_err(ErrorVerb::Write, e))
+        for op in ops {
+            match op {
+                LogOp::Append(entries, cb) => appends.push((entries, cb)),
+                LogOp::Truncate(index, reply) => {
+                    flush_appends(&db, &pending, &mut appends);
+                    let r = write_log(&db, |table, _| table.retain_in(index.., |_, _| false).map(|_| ()));
+                    let _ = reply.send(r);
+                }
+                LogOp::Purge(log_id, reply) => {
+                    flush_appends(&db, &pending, &mut appends);
+                    let r = write_log(&db, |table, meta| {
+                        meta.insert("last_purged", codec::encode(&log_id).as_slice())?;
+                        table.retain_in(..=log_id.index, |_, _| false).map(|_| ())
+                    });
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        flush_appends(&db, &pending, &mut appends);
+    }
+}
+
+type LogTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+/// One durable transaction on the log and its metadata.
+fn write_log(db: &Database, f: impl FnOnce(&mut LogTable<'_>, &mut MetaTable<'_>) -> Result<(), redb::StorageError>) -> Result<(), String> {
+    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(RAFT_META).map_err(|e| e.to_string())?;
+        f(&mut table, &mut meta).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// Write every queued append in one fsynced transaction, then report each one flushed.
+fn flush_appends(db: &Database, pending: &Mutex<BTreeMap<u64, LogEntry>>, appends: &mut Vec<(Vec<LogEntry>, LogFlushed<TypeConfig>)>) {
+    if appends.is_empty() {
+        return;
+    }
+    let result = write_log(db, |table, _| {
+        for (entries, _) in appends.iter() {
+            for e in entries {
+                table.insert(e.log_id.index, codec::encode(e).as_slice())?;
+            }
+        }
+        Ok(())
+    });
+    for (entries, cb) in appends.drain(..) {
+        if result.is_ok() {
+            let mut p = pending.lock().expect("pending lock");
+            for e in &entries {
+                if p.get(&e.log_id.index).is_some_and(|x| x.log_id == e.log_id) {
+                    p.remove(&e.log_id.index);
+                }
+            }
+        }
+        cb.log_io_completed(result.clone().map_err(std::io::Error::other));
     }
 }
 
@@ -183,15 +291,23 @@ impl RaftLogReader<TypeConfig> for LogStore {
             std::ops::Bound::Excluded(x) => *x,
             std::ops::Bound::Unbounded => u64::MAX,
         };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let pending = self.pending.clone();
         tokio::task::spawn_blocking(move || {
+            let mut out: BTreeMap<u64, LogEntry> = BTreeMap::new();
             let txn = db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
             let table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Read, e))?;
-            let mut out = Vec::new();
             for row in table.range(start..end).map_err(|e| log_err(ErrorVerb::Read, e))? {
-                let (_, v) = row.map_err(|e| log_err(ErrorVerb::Read, e))?;
-                out.push(codec::decode(v.value()).map_err(|e| log_err(ErrorVerb::Read, e))?);
+                let (k, v) = row.map_err(|e| log_err(ErrorVerb::Read, e))?;
+                out.insert(k.value(), codec::decode(v.value()).map_err(|e| log_err(ErrorVerb::Read, e))?);
             }
-            Ok(out)
+            // Entries not yet flushed are newer than what the table holds at their index.
+            for (i, e) in pending.lock().expect("pending lock").range(start..end) {
+                out.insert(*i, e.clone());
+            }
+            Ok(out.into_values().collect())
         })
         .await
         .map_err(|e| log_err(ErrorVerb::Read, e))?
@@ -203,6 +319,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
         let last_purged: Option<LogId<NodeId>> = self.get_meta("last_purged")?;
+        if let Some((_, e)) = self.pending.lock().expect("pending lock").last_key_value() {
+            return Ok(LogState { last_purged_log_id: last_purged, last_log_id: Some(e.log_id) });
+        }
         let txn = self.db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
         let table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Read, e))?;
         let last = match table.last().map_err(|e| log_err(ErrorVerb::Read, e))? {
@@ -220,19 +339,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
-        self.put_meta("vote", vote)
+        self.put_meta("vote", vote).await
     }
 
     async fn read_vote(&mut self) -> SResult<Option<Vote<NodeId>>> {
         self.get_meta("vote")
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> SResult<()> {
-        self.put_meta("committed", &committed)
-    }
-
-    async fn read_committed(&mut self) -> SResult<Option<LogId<NodeId>>> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
@@ -240,53 +351,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, codec::encode(&e))).collect();
-        let db = self.db.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-            {
-                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-                for (idx, bytes) in &encoded {
-                    table.insert(*idx, bytes.as_slice()).map_err(|e| e.to_string())?;
-                }
-            }
-            txn.commit().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| log_err(ErrorVerb::Write, e))?;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
-                Err(log_err(ErrorVerb::Write, e))
+        let entries: Vec<LogEntry> = entries.into_iter().collect();
+        {
+            let mut p = self.pending.lock().expect("pending lock");
+            for e in &entries {
+                p.insert(e.log_id.index, e.clone());
             }
         }
+        self.tx.send(LogOp::Append(entries, callback)).map_err(|_| log_err(ErrorVerb::Write, "log writer stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
-        let txn = self.db.begin_write().map_err(|e| log_err(ErrorVerb::Delete, e))?;
-        {
-            let mut table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Delete, e))?;
-            table.retain_in(log_id.index.., |_, _| false).map_err(|e| log_err(ErrorVerb::Delete, e))?;
-        }
-        txn.commit().map_err(|e| log_err(ErrorVerb::Delete, e))
+        self.pending.lock().expect("pending lock").retain(|i, _| *i < log_id.index);
+        self.writer_op(|tx| LogOp::Truncate(log_id.index, tx)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
-        // A durable commit: it also makes every earlier non-durable apply durable, so the state
-        // machine on disk always covers what the log no longer holds.
-        let txn = self.db.begin_write().map_err(|e| log_err(ErrorVerb::Delete, e))?;
-        {
-            let mut meta = txn.open_table(RAFT_META).map_err(|e| log_err(ErrorVerb::Delete, e))?;
-            meta.insert("last_purged", codec::encode(&log_id).as_slice()).map_err(|e| log_err(ErrorVerb::Delete, e))?;
-            let mut table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Delete, e))?;
-            table.retain_in(..=log_id.index, |_, _| false).map_err(|e| log_err(ErrorVerb::Delete, e))?;
-        }
-        txn.commit().map_err(|e| log_err(ErrorVerb::Delete, e))
+        // A durable commit: it also makes every earlier non-durable apply durable (one database),
+        // so the state machine on disk always covers what the log no longer holds.
+        self.pending.lock().expect("pending lock").retain(|i, _| *i > log_id.index);
+        self.writer_op(|tx| LogOp::Purge(log_id, tx)).await
     }
 }
 

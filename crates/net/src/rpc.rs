@@ -201,10 +201,17 @@ impl RpcClient {
         let tcp = TcpStream::connect(&self.addr).await.map_err(|e| err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(shoal_pki::SERVER_NAME).map_err(|e| err(e.to_string()))?;
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| NetError::Handshake { addr: self.addr.clone(), reason: e.to_string() })?;
+        let tls = TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| {
+            // Only a refused certificate is final; a peer dying mid-handshake is worth a retry.
+            let refused = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(|r| {
+                matches!(r, rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_) | rustls::Error::NoCertificatesPresented)
+            });
+            if refused {
+                NetError::Handshake { addr: self.addr.clone(), reason: e.to_string() }
+            } else {
+                err(format!("TLS: {e}"))
+            }
+        })?;
         let (mut rd, wr) = tokio::io::split(tls);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
