@@ -609,7 +609,7 @@ proptest! {
 /// Throughput of a 64 MiB put and get on the real disk. Run with
 /// `cargo test --release -p shoal-blob-store -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a test: run by hand with --ignored --nocapture (see the doc comment)"]
 fn perf_64_mib_real_disk() {
     let env = RealEnv::new();
     let store = env.open(0);

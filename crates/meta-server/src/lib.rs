@@ -52,8 +52,9 @@ pub struct MetaNode {
 pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
     use anyhow::Context;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
-    let db = store::open_db(&config.data_dir.join("meta.redb"), config.cache_size_bytes).context("open the metadata database")?;
-    let log_store = store::LogStore::new(db.clone());
+    let dbs = store::open_dbs(&config.data_dir, config.cache_size_bytes).context("open the metadata databases")?;
+    let db = dbs.sm.clone();
+    let log_store = store::LogStore::new(dbs.log, dbs.sm);
     let state_machine = store::StateMachine::new(db.clone(), config.data_dir.join("snapshots"))?;
     let server_tls = shoal_pki::server_config(&config.tls).context("load TLS files")?;
     let client_tls = shoal_pki::client_config(&config.tls).context("load TLS files")?;

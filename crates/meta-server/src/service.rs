@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 /// Commands gathered into one log entry at most.
 pub const BATCH_COMMANDS_MAX: usize = 512;
 /// Log entries being replicated at once; beyond this, commands wait and batch up.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// Commands waiting for a batch.
 pub const WRITE_QUEUE_MAX: usize = 8192;
 

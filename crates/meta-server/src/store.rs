@@ -15,7 +15,7 @@ use openraft::{
     AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use shoal_meta_core::kv::{Kv, KvPair, KvRead, Table, TABLES};
 use shoal_meta_core::{Command, CommandKind};
 use shoal_types::codec;
@@ -48,32 +48,101 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
     io_err(ErrorSubject::StateMachine, verb, e)
 }
 
-/// Open (or create) the database with every table present.
-pub fn open_db(path: &Path, cache_size_bytes: u64) -> anyhow::Result<Arc<Database>> {
-    let db = Database::builder().set_cache_size(cache_size_bytes as usize).create(path)?;
-    let txn = db.begin_write()?;
-    txn.open_table(LOG)?;
-    txn.open_table(RAFT_META)?;
+/// The two databases of a metadata node: the Raft log (and vote) in `raft-log.redb`, the state
+/// machine in `meta.redb`. Kept apart so that fsyncing the log never waits for an apply, and an
+/// apply never waits for a log fsync (redb has one writer per database).
+pub struct Dbs {
+    pub log: Arc<Database>,
+    pub sm: Arc<Database>,
+}
+
+/// Open (or create) both databases with every table present. A data directory of format 1 kept
+/// the log inside `meta.redb`; it is moved to `raft-log.redb` here (an upgrade in place).
+pub fn open_dbs(dir: &Path, cache_size_bytes: u64) -> anyhow::Result<Dbs> {
+    let sm = Database::builder().set_cache_size(cache_size_bytes as usize).create(dir.join("meta.redb"))?;
+    let log = Database::builder().set_cache_size((cache_size_bytes / 4) as usize).create(dir.join("raft-log.redb"))?;
+    let txn = sm.begin_write()?;
     txn.open_table(SM_META)?;
     for t in TABLES {
         txn.open_table(table_def(t))?;
     }
     txn.commit()?;
-    Ok(Arc::new(db))
+    let txn = log.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(RAFT_META)?;
+    txn.commit()?;
+    upgrade_log_location(&sm, &log)?;
+    Ok(Dbs { log: Arc::new(log), sm: Arc::new(sm) })
+}
+
+fn upgrade_log_location(sm: &Database, log: &Database) -> anyhow::Result<()> {
+    let legacy = {
+        let txn = sm.begin_read()?;
+        let mut rows: (Vec<(u64, Vec<u8>)>, Vec<(String, Vec<u8>)>) = (Vec::new(), Vec::new());
+        if let Ok(t) = txn.open_table(LOG) {
+            for r in t.iter()? {
+                let (k, v) = r?;
+                rows.0.push((k.value(), v.value().to_vec()));
+            }
+        }
+        if let Ok(t) = txn.open_table(RAFT_META) {
+            for r in t.iter()? {
+                let (k, v) = r?;
+                rows.1.push((k.value().to_string(), v.value().to_vec()));
+            }
+        }
+        rows
+    };
+    if legacy.0.is_empty() && legacy.1.is_empty() {
+        return Ok(());
+    }
+    let log_is_empty = {
+        let txn = log.begin_read()?;
+        txn.open_table(LOG)?.is_empty()? && txn.open_table(RAFT_META)?.is_empty()?
+    };
+    if log_is_empty {
+        let mut txn = log.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut t = txn.open_table(LOG)?;
+            for (k, v) in &legacy.0 {
+                t.insert(*k, v.as_slice())?;
+            }
+            let mut m = txn.open_table(RAFT_META)?;
+            for (k, v) in &legacy.1 {
+                m.insert(k.as_str(), v.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        tracing::info!(entries = legacy.0.len(), "upgraded the data directory: the Raft log moved to raft-log.redb");
+    }
+    // Only once the log is safe in its own database are the old copies dropped.
+    let mut txn = sm.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.delete_table(LOG)?;
+    txn.delete_table(RAFT_META)?;
+    txn.commit()?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- key-value adapters
 
-/// The state machine's view of a write transaction. A storage failure is recorded and surfaces
-/// as a fatal storage error after the apply; it cannot be a reply, which must be deterministic.
+/// The state machine's view of a write transaction, with every table opened once. A storage
+/// failure is recorded and surfaces as a fatal storage error after the apply; it cannot be a
+/// reply, which must be deterministic.
 pub struct WriteKv<'t> {
-    txn: &'t redb::WriteTransaction,
+    tables: Vec<redb::Table<'t, &'static [u8], &'static [u8]>>,
     pub failed: Option<String>,
 }
 
+fn table_index(t: Table) -> usize {
+    TABLES.iter().position(|x| *x == t).expect("every table is listed in TABLES")
+}
+
 impl<'t> WriteKv<'t> {
-    pub fn new(txn: &'t redb::WriteTransaction) -> Self {
-        WriteKv { txn, failed: None }
+    pub fn new(txn: &'t redb::WriteTransaction) -> Result<Self, redb::TableError> {
+        let tables = TABLES.iter().map(|t| txn.open_table(table_def(*t))).collect::<Result<_, _>>()?;
+        Ok(WriteKv { tables, failed: None })
     }
     fn fail(&mut self, e: impl std::fmt::Display) {
         if self.failed.is_none() {
@@ -84,57 +153,58 @@ impl<'t> WriteKv<'t> {
 
 impl KvRead for WriteKv<'_> {
     fn get(&self, t: Table, key: &[u8]) -> Option<Vec<u8>> {
-        let table = self.txn.open_table(table_def(t)).ok()?;
-        let v = table.get(key).ok()??;
+        let v = self.tables[table_index(t)].get(key).ok()??;
         Some(v.value().to_vec())
     }
     fn scan(&self, t: Table, start: &[u8], end: &[u8], limit: usize) -> Vec<KvPair> {
         if start >= end {
             return Vec::new();
         }
-        let Ok(table) = self.txn.open_table(table_def(t)) else { return Vec::new() };
-        let Ok(range) = table.range::<&[u8]>(start..end) else { return Vec::new() };
+        let Ok(range) = self.tables[table_index(t)].range::<&[u8]>(start..end) else { return Vec::new() };
         range.take(limit).filter_map(|r| r.ok()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect()
     }
 }
 
 impl Kv for WriteKv<'_> {
     fn put(&mut self, t: Table, key: &[u8], value: &[u8]) {
-        let r = self.txn.open_table(table_def(t)).and_then(|mut table| table.insert(key, value).map(|_| ()).map_err(Into::into));
+        let r = self.tables[table_index(t)].insert(key, value).map(|_| ());
         if let Err(e) = r {
             self.fail(e);
         }
     }
     fn delete(&mut self, t: Table, key: &[u8]) {
-        let r = self.txn.open_table(table_def(t)).and_then(|mut table| table.remove(key).map(|_| ()).map_err(Into::into));
+        let r = self.tables[table_index(t)].remove(key).map(|_| ());
         if let Err(e) = r {
             self.fail(e);
         }
     }
 }
 
-/// A consistent read-only view for linearizable reads.
+/// A consistent read-only view for linearizable reads; tables are opened on first use.
 pub struct ReadKv {
     txn: redb::ReadTransaction,
+    tables: Vec<std::sync::OnceLock<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>>>,
 }
 
 impl ReadKv {
     pub fn new(db: &Database) -> anyhow::Result<ReadKv> {
-        Ok(ReadKv { txn: db.begin_read()? })
+        Ok(ReadKv { txn: db.begin_read()?, tables: TABLES.iter().map(|_| std::sync::OnceLock::new()).collect() })
+    }
+    fn table(&self, t: Table) -> Option<&redb::ReadOnlyTable<&'static [u8], &'static [u8]>> {
+        self.tables[table_index(t)].get_or_init(|| self.txn.open_table(table_def(t)).ok()).as_ref()
     }
 }
 
 impl KvRead for ReadKv {
     fn get(&self, t: Table, key: &[u8]) -> Option<Vec<u8>> {
-        let table = self.txn.open_table(table_def(t)).ok()?;
-        let v = table.get(key).ok()??;
+        let v = self.table(t)?.get(key).ok()??;
         Some(v.value().to_vec())
     }
     fn scan(&self, t: Table, start: &[u8], end: &[u8], limit: usize) -> Vec<KvPair> {
         if start >= end {
             return Vec::new();
         }
-        let Ok(table) = self.txn.open_table(table_def(t)) else { return Vec::new() };
+        let Some(table) = self.table(t) else { return Vec::new() };
         let Ok(range) = table.range::<&[u8]>(start..end) else { return Vec::new() };
         range.take(limit).filter_map(|r| r.ok()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect()
     }
@@ -157,12 +227,14 @@ enum LogOp {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The state machine's database: made durable before any purge.
+    sm: Arc<Database>,
     pending: Arc<Mutex<BTreeMap<u64, LogEntry>>>,
     tx: std::sync::mpsc::Sender<LogOp>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> LogStore {
+    pub fn new(db: Arc<Database>, sm: Arc<Database>) -> LogStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let pending: Arc<Mutex<BTreeMap<u64, LogEntry>>> = Arc::default();
         let (wdb, wpending) = (db.clone(), pending.clone());
@@ -170,7 +242,7 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || log_writer(wdb, wpending, rx))
             .expect("spawn the log writer");
-        LogStore { db, pending, tx }
+        LogStore { db, sm, pending, tx }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> SResult<Option<T>> {
@@ -367,8 +439,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
-        // A durable commit: it also makes every earlier non-durable apply durable (one database),
-        // so the state machine on disk always covers what the log no longer holds.
+        // First a durable commit on the state machine's database: it makes every earlier
+        // non-durable apply durable, so the state on disk covers what the log will no longer hold.
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut txn = sm.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            txn.open_table(SM_META).map_err(|e| e.to_string())?.insert("synced_before_purge", codec::encode(&log_id).as_slice()).map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| log_err(ErrorVerb::Delete, e))?
+        .map_err(|e| log_err(ErrorVerb::Delete, e))?;
         self.pending.lock().expect("pending lock").retain(|i, _| *i > log_id.index);
         self.writer_op(|tx| LogOp::Purge(log_id, tx)).await
     }
@@ -576,7 +658,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut last_applied = None;
             let mut membership = None;
             {
-                let mut kv = WriteKv::new(&txn);
+                let mut kv = WriteKv::new(&txn).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                 for entry in &entries {
                     last_applied = Some(entry.log_id);
                     match &entry.payload {
