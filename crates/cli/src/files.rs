@@ -211,8 +211,16 @@ pub async fn get(c: &Arc<Client>, remote: &str, local: &Path, progress: bool) ->
     if a.kind != FileKind::File {
         bail!("{remote}: not a regular file");
     }
-    let tmp = local.with_extension("shoal-partial");
-    let file = tokio::fs::File::create(&tmp).await.with_context(|| format!("create {}", tmp.display()))?;
+    // A regular file is written beside its final name and renamed into place when complete; a
+    // device or pipe (`/dev/null`, `/dev/stdout`) is written directly.
+    let special = std::fs::metadata(local).map(|m| !m.is_file() && !m.is_dir()).unwrap_or(false);
+    let tmp = if special { local.to_path_buf() } else { local.with_extension("shoal-partial") };
+    let file = if special {
+        tokio::fs::OpenOptions::new().write(true).open(&tmp).await
+    } else {
+        tokio::fs::File::create(&tmp).await
+    }
+    .with_context(|| format!("create {}", tmp.display()))?;
     let pb = if progress { bar(a.size, remote) } else { ProgressBar::hidden() };
     let pb2 = pb.clone();
     let n = c.read_stream(a.handle, tokio::io::BufWriter::with_capacity(1 << 20, file), &move |n| pb2.set_position(n)).await;
@@ -220,11 +228,15 @@ pub async fn get(c: &Arc<Client>, remote: &str, local: &Path, progress: bool) ->
     let n = match n {
         Ok(n) => n,
         Err(e) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
+            if !special {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
             return Err(fs_err(remote)(e));
         }
     };
-    tokio::fs::rename(&tmp, local).await?;
+    if !special {
+        tokio::fs::rename(&tmp, local).await?;
+    }
     Ok(n)
 }
 

@@ -91,3 +91,17 @@ fn whole_cluster_restart_keeps_everything() {
     let ls = c.must_shoal(&["ls", "-l", "/"]);
     assert!(ls.contains("link") && ls.contains("a"), "{ls}");
 }
+
+#[test]
+fn get_to_a_device_writes_through_it() {
+    let c = TestCluster::start();
+    let f = c.file("f");
+    std::fs::write(&f, b"to a pipe").unwrap();
+    c.must_shoal(&["put", f.to_str().unwrap(), "/f"]);
+    // A device is written in place, never replaced by a renamed file.
+    c.must_shoal(&["get", "/f", "/dev/null"]);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    let out = std::process::Command::new(SHOAL).arg("--dir").arg(c.path()).args(["get", "/f", "/dev/stdout"]).output().unwrap();
+    assert_eq!(out.stdout, b"to a pipe");
+}
