@@ -221,39 +221,64 @@ impl Client {
 
     /// Read using a layout already fetched (covering the range).
     pub async fn read_with_layout(&self, layout: &Layout, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        let segments = self.read_segments(layout, offset, len).await?;
+        let mut out = Vec::with_capacity(segments.iter().map(|s| s.len()).sum());
+        for s in &segments {
+            out.extend_from_slice(s);
+        }
+        Ok(out)
+    }
+
+    /// The bytes of a range as consecutive segments, in order: each extent is one segment (holes
+    /// are zeros), so a read of whole blobs passes their buffers on without a copy.
+    pub async fn read_segments(&self, layout: &Layout, offset: u64, len: u64) -> FsResult<Vec<Bytes>> {
         let size = layout.attr.size;
         if offset >= size || len == 0 {
             return Ok(Vec::new());
         }
         let end = size.min(offset + len);
-        let mut out = vec![0u8; (end - offset) as usize];
         let chunks: BTreeMap<u64, &Vec<Slice>> = layout.chunks.iter().map(|(i, s)| (*i, s)).collect();
         let blobs: BTreeMap<BlobId, &BlobLocation> = layout.blobs.iter().map(|b| (b.blob, b)).collect();
-        let mut reads = FuturesUnordered::new();
+        // (start, length, source) for every piece of [offset, end), holes included.
+        let mut pieces: Vec<(u64, u64, Option<(&BlobLocation, u64)>)> = Vec::new();
+        let mut pos = offset;
         for idx in offset / CHUNK_SIZE..=(end - 1) / CHUNK_SIZE {
-            let Some(slices) = chunks.get(&idx) else { continue }; // A missing chunk is a hole.
             let chunk_start = idx * CHUNK_SIZE;
             let chunk_len = (size - chunk_start).min(CHUNK_SIZE);
-            for e in resolve_chunk(slices, chunk_len) {
+            let extents = match chunks.get(&idx) {
+                Some(slices) => resolve_chunk(slices, chunk_len),
+                None => Vec::new(), // A missing chunk is a hole.
+            };
+            for e in extents {
                 let (e_start, e_end) = (chunk_start + e.offset_in_chunk, chunk_start + e.offset_in_chunk + e.len);
                 let (s, t) = (e_start.max(offset), e_end.min(end));
                 if s >= t {
                     continue;
                 }
-                let Some(blob) = e.blob else { continue }; // Holes stay zero.
-                let loc = *blobs.get(&blob).ok_or_else(|| FsError::Internal(format!("layout names unknown blob {blob}")))?;
-                let blob_offset = e.blob_offset + (s - e_start);
-                reads.push(async move {
-                    let data = self.read_blob(loc, blob_offset, t - s).await?;
-                    Ok::<_, FsError>((s - offset, data))
-                });
+                if s > pos {
+                    pieces.push((pos, s - pos, None));
+                }
+                let source = match e.blob {
+                    Some(blob) => {
+                        let loc = *blobs.get(&blob).ok_or_else(|| FsError::Internal(format!("layout names unknown blob {blob}")))?;
+                        Some((loc, e.blob_offset + (s - e_start)))
+                    }
+                    None => None,
+                };
+                pieces.push((s, t - s, source));
+                pos = t;
             }
         }
-        while let Some(r) = reads.next().await {
-            let (at, data) = r?;
-            out[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        if pos < end {
+            pieces.push((pos, end - pos, None));
         }
-        Ok(out)
+        let reads = pieces.iter().map(|(_, n, source)| async move {
+            match source {
+                Some((loc, blob_offset)) => self.read_blob(loc, *blob_offset, *n).await,
+                None => Ok(Bytes::from(vec![0u8; *n as usize])),
+            }
+        });
+        futures::future::try_join_all(reads).await
     }
 
     /// Read a range of one blob from any copy, failing over; whole-blob reads are checked
@@ -300,12 +325,13 @@ impl Client {
         let windows: Vec<u64> = (0..size.div_ceil(BLOB_BYTES)).map(|i| i * BLOB_BYTES).collect();
         let layout = &layout;
         let mut stream =
-            futures::stream::iter(windows).map(|off| self.read_with_layout(layout, off, BLOB_BYTES)).buffered(READS_IN_FLIGHT_MAX);
+            futures::stream::iter(windows).map(|off| self.read_segments(layout, off, BLOB_BYTES)).buffered(READS_IN_FLIGHT_MAX);
         let mut done = 0u64;
-        while let Some(piece) = stream.next().await {
-            let piece = piece?;
-            dst.write_all(&piece).await.map_err(|e| FsError::Io(e.to_string()))?;
-            done += piece.len() as u64;
+        while let Some(segments) = stream.next().await {
+            for piece in segments? {
+                dst.write_all(&piece).await.map_err(|e| FsError::Io(e.to_string()))?;
+                done += piece.len() as u64;
+            }
             progress(done);
         }
         dst.flush().await.map_err(|e| FsError::Io(e.to_string()))?;

@@ -303,6 +303,10 @@ impl Client {
         }
     }
 
+    pub async fn set_policy(&self, handle: FileHandle, policy: Policy) -> FsResult<Attr> {
+        Self::attr(self.meta(MetaOp::SetPolicy { handle, policy }).await)
+    }
+
     pub async fn open(&self, handle: FileHandle) -> FsResult<Attr> {
         Self::attr(self.meta(MetaOp::Open { handle }).await)
     }

@@ -199,6 +199,7 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::Rename { parent, name, new_parent, new_name, no_replace } => {
                 self.rename(cred, parent, name, new_parent, new_name, *no_replace)
             }
+            MetaOp::SetPolicy { handle, policy } => self.set_policy(cred, handle, *policy),
             MetaOp::Open { handle } => self.open(req.session, handle),
             MetaOp::Release { handle } => self.release(req.session, handle),
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
@@ -684,6 +685,32 @@ impl<K: Kv> Sm<'_, K> {
         for s in &info.stores {
             self.kv.put(Table::GcOrders, &key::u64_u64(s.0, blob.0), &[]);
         }
+    }
+
+    fn set_policy(&mut self, cred: &Credentials, handle: &FileHandle, policy: Policy) -> MetaResponse {
+        let mut rec = inode_of(self.kv, handle)?;
+        if cred.uid != 0 && cred.uid != rec.uid {
+            return Err(FsError::NotPermitted);
+        }
+        match policy {
+            Policy::Replicas { copies, write_quorum } if (1..=8).contains(&copies) && (1..=copies).contains(&write_quorum) => {}
+            Policy::Replicas { .. } => return Err(FsError::Invalid("copies must be 1..=8 and the write quorum 1..=copies".into())),
+            Policy::Erasure { .. } => return Err(FsError::Invalid("erasure coding is not supported yet".into())),
+        }
+        match rec.kind {
+            FileKind::Dir => {}
+            FileKind::File => {
+                let has_data = !self.kv.scan(Table::Chunks, &key::u64(handle.inode.0), &key::prefix_end(handle.inode.0), 1).is_empty();
+                if has_data {
+                    return Err(FsError::Invalid("a file's policy can only be set while it holds no data".into()));
+                }
+            }
+            _ => return Err(FsError::Invalid("policies apply to files and directories".into())),
+        }
+        rec.policy = policy;
+        rec.ctime = self.now;
+        self.put_inode(handle.inode, &rec);
+        Ok(MetaReply::Attr(attr_of(handle.inode, &rec)))
     }
 
     fn open(&mut self, session: SessionId, handle: &FileHandle) -> MetaResponse {

@@ -287,3 +287,21 @@ fn replicas_apply_identically() {
     }
     assert_eq!(a.kv, b.kv);
 }
+
+#[test]
+fn policy_is_inherited_and_fixed_once_data_exists() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let d = t.must_mkdir(ROOT, "one-copy");
+    let single = Policy::Replicas { copies: 1, write_quorum: 1 };
+    t.op(MetaOp::SetPolicy { handle: d.handle, policy: single }).unwrap();
+    let f = t.must_create(d.handle, "f");
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+    assert_eq!(intent.policy, single, "a file takes its directory's policy");
+    let g = t.must_create(ROOT, "g");
+    t.must_write(g.handle, 10);
+    let r = t.op(MetaOp::SetPolicy { handle: g.handle, policy: single });
+    assert!(matches!(r, Err(FsError::Invalid(_))), "{r:?}");
+    let bad = t.op(MetaOp::SetPolicy { handle: d.handle, policy: Policy::Replicas { copies: 2, write_quorum: 3 } });
+    assert!(matches!(bad, Err(FsError::Invalid(_))));
+}

@@ -94,11 +94,15 @@ async fn read_exact_bytes<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result
     if len == 0 {
         return Ok(Bytes::new());
     }
-    let mut buf = BytesMut::zeroed(len);
-    r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Closed,
-        _ => FrameError::Io(e),
-    })?;
+    // Read into uninitialized capacity (no memset of a buffer about to be overwritten), never
+    // past this frame.
+    let mut buf = BytesMut::with_capacity(len);
+    let mut limited = r.take(len as u64);
+    while buf.len() < len {
+        if limited.read_buf(&mut buf).await? == 0 {
+            return Err(FrameError::Closed);
+        }
+    }
     Ok(buf.freeze())
 }
 

@@ -48,6 +48,9 @@ pub enum MetaOp {
     Unlink { parent: FileHandle, name: String },
     Rmdir { parent: FileHandle, name: String },
     Rename { parent: FileHandle, name: String, new_parent: FileHandle, new_name: String, no_replace: bool },
+    /// Set the redundancy policy of a directory (inherited by what is created in it later) or
+    /// of a file that holds no data yet.
+    SetPolicy { handle: FileHandle, policy: Policy },
     /// Record that this session holds the file open (keeps an unlinked file alive).
     Open { handle: FileHandle },
     Release { handle: FileHandle },
