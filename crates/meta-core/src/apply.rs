@@ -15,7 +15,15 @@ pub(crate) const PARAMS_KEY: &[u8] = b"params";
 
 /// Apply one log entry and return the reply for its proposer.
 pub fn apply<K: Kv>(kv: &mut K, cmd: &Command) -> MetaResponse {
-    let mut counters: Counters = load(kv, Table::Meta, COUNTERS_KEY).unwrap_or_default();
+    // Counters that exist but do not decode must stop every command: defaulting them would hand
+    // out inode and blob ids again.
+    let mut counters: Counters = match kv.get(Table::Meta, COUNTERS_KEY) {
+        None => Counters::default(),
+        Some(bytes) => match codec::decode(&bytes) {
+            Ok(c) => c,
+            Err(e) => return Err(FsError::Corrupt(format!("metadata counters do not decode: {e}"))),
+        },
+    };
     counters.now = counters.now.max(cmd.now);
     let now = counters.now;
     let params: Option<Params> = load(kv, Table::Meta, PARAMS_KEY);

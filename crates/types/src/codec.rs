@@ -1,4 +1,10 @@
-//! Versioned encoding of every record and message. An encoded value is one format-version byte
+//! Versioned encoding of every record and message.
+//!
+//! Compatibility rule: postcard numbers enum variants by position and writes struct fields in
+//! order, so a change that old data must survive only appends enum variants; anything else
+//! (a new field, a reordering) needs a new `FORMAT_VERSION` and a decoder for the old one. The
+//! format-1 fixture test (`crates/cli/tests/fixtures`) fails when this is broken.
+//! An encoded value is one format-version byte
 //! followed by the postcard encoding of the value. Decoding checks the version and never panics
 //! on bad bytes; length fields inside postcard are bounded by the input length.
 

@@ -48,9 +48,6 @@ pub enum MetaOp {
     Unlink { parent: FileHandle, name: String },
     Rmdir { parent: FileHandle, name: String },
     Rename { parent: FileHandle, name: String, new_parent: FileHandle, new_name: String, no_replace: bool },
-    /// Set the redundancy policy of a directory (inherited by what is created in it later) or
-    /// of a file that holds no data yet.
-    SetPolicy { handle: FileHandle, policy: Policy },
     /// Record that this session holds the file open (keeps an unlinked file alive).
     Open { handle: FileHandle },
     Release { handle: FileHandle },
@@ -64,6 +61,12 @@ pub enum MetaOp {
     // Storage servers.
     RegisterStore { store: StoreId, addr: String, capacity: u64, used: u64 },
     StoreHeartbeat(StoreHeartbeat),
+
+    // Added after format 1: new variants go at the end, since the encoding numbers variants in
+    // order and logs, snapshots and reply tables keep old encodings.
+    /// Set the redundancy policy of a directory (inherited by what is created in it later) or
+    /// of a file that holds no data yet.
+    SetPolicy { handle: FileHandle, policy: Policy },
 }
 
 impl MetaOp {
