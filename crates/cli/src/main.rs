@@ -220,9 +220,26 @@ async fn up(dir: &Path, detach: bool) -> Result<()> {
     }
     let dir = dir.canonicalize()?;
     let c: cluster::ClusterFile = cluster::read_toml(&dir.join("cluster.toml"))?;
+    // Listen for Ctrl-C and SIGTERM before anything starts, so a signal at any moment stops the
+    // cluster cleanly instead of killing only this process.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let mut children = cluster::start_procs(&dir, &c, detach)?;
     let started = Instant::now();
-    wait_healthy(&dir, &c, Duration::from_secs(60)).await?;
+    let stop = |children: &mut Vec<std::process::Child>| -> Result<()> {
+        cluster::stop_procs(&dir, &c, Duration::from_secs(10))?;
+        for ch in children.iter_mut() {
+            let _ = ch.wait();
+        }
+        println!("stopped");
+        Ok(())
+    };
+    tokio::select! {
+        r = wait_healthy(&dir, &c, Duration::from_secs(60)) => r?,
+        _ = interrupt.recv(), if !detach => return stop(&mut children),
+        _ = terminate.recv(), if !detach => return stop(&mut children),
+    }
     println!(
         "cluster up in {:.1}s: {} metadata nodes, {} storage servers, data in {}",
         started.elapsed().as_secs_f64(),
@@ -234,13 +251,11 @@ async fn up(dir: &Path, detach: bool) -> Result<()> {
         return Ok(());
     }
     println!("running in the foreground; Ctrl-C stops the cluster");
-    tokio::signal::ctrl_c().await?;
-    cluster::stop_procs(&dir, &c, Duration::from_secs(10))?;
-    for ch in &mut children {
-        let _ = ch.wait();
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
     }
-    println!("stopped");
-    Ok(())
+    stop(&mut children)
 }
 
 /// Wait until a leader serves reads and every storage server has registered.

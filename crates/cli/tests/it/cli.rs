@@ -5,8 +5,8 @@ use crate::harness::*;
 #[test]
 fn put_get_round_trip_and_file_commands() {
     let c = TestCluster::start();
-    // 1 GiB with SHOAL_BIG=1; 96 MiB by default (crosses chunk and blob boundaries either way).
-    let len: usize = if std::env::var("SHOAL_BIG").is_ok() { 1 << 30 } else { (96 << 20) + 12345 };
+    // 1 GiB and a few bytes (crosses chunk and blob boundaries); SHOAL_SMALL=1 makes it 96 MiB.
+    let len: usize = if std::env::var("SHOAL_SMALL").is_ok() { (96 << 20) + 12345 } else { (1 << 30) + 12345 };
     let data = bytes(1, len);
     let local = c.file("big.bin");
     std::fs::write(&local, &data).unwrap();
@@ -104,4 +104,33 @@ fn get_to_a_device_writes_through_it() {
     assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
     let out = std::process::Command::new(SHOAL).arg("--dir").arg(c.path()).args(["get", "/f", "/dev/stdout"]).output().unwrap();
     assert_eq!(out.stdout, b"to a pipe");
+}
+
+#[test]
+fn foreground_up_stops_everything_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = std::process::Command::new(SHOAL)
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("up")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = TestCluster { dir };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !c.shoal(&["status"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "foreground cluster never became healthy");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let pids: Vec<i32> = std::fs::read_dir(c.path().join("pids"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 7);
+    unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
+    let status = up.wait().unwrap();
+    assert!(status.success(), "shoal up exits cleanly on Ctrl-C: {status}");
+    for pid in pids {
+        assert!(unsafe { libc::kill(pid, 0) } != 0, "process {pid} still runs after Ctrl-C");
+    }
 }

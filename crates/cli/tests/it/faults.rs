@@ -112,6 +112,22 @@ async fn garbage_and_foreign_certificates_are_refused() {
             drop(s);
         }
     }
+    // Well-formed TLS with a valid certificate, then garbage frames: the connection is closed
+    // with a logged error.
+    let tls = shoal_pki::client_config(&cfg.tls).unwrap();
+    for (i, addr) in addrs.iter().enumerate() {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls.clone()).connect(shoal_pki::server_name(), tcp).await.unwrap();
+        let mut junk = b"SH\x01\x00".to_vec();
+        junk.extend_from_slice(&bytes(i as u64, 200));
+        let _ = s.write_all(&junk).await;
+        let _ = s.flush().await;
+        let mut buf = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = c.logs_tail();
+    assert!(logs.contains("closed connection: bad"), "garbage frames are logged: {logs}");
     // Still serving.
     let client = c.client().await;
     client.mkdir(FileHandle::ROOT, "after-garbage", 0o755).await.unwrap();
