@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize) -> Result<()> {
+pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize, files: u64) -> Result<()> {
     let client = connect(dir).await?;
     let bytes = size_mib << 20;
     let mut rows: Vec<(String, f64, String)> = Vec::new();
@@ -83,6 +83,22 @@ pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize) -> Resu
     }
     let _ = client.close().await;
 
+    if files > 0 {
+        let (rate, rss) = many_files(dir, files).await?;
+        rows.push((format!("creates/s filling {files} files"), rate, "16 clients".into()));
+        let cache: u64 = {
+            let cfg: shoal_types::config::MetaConfig = crate::cluster::read_toml(&dir.join("meta-1").join("meta.toml"))?;
+            cfg.cache_size_bytes
+        };
+        for (name, kib) in rss {
+            rows.push((
+                format!("{name} resident memory, MiB"),
+                kib as f64 / 1024.0,
+                format!("limit: cache {} MiB + 64 MiB", cache >> 20),
+            ));
+        }
+    }
+
     let mut t = comfy_table::Table::new();
     t.set_header(vec!["figure", "value", "note"]);
     for (k, v, note) in rows {
@@ -154,4 +170,45 @@ async fn bare_tls(dir: &Path, bytes: u64, streams: usize) -> Result<f64> {
     }
     acceptor.await??;
     Ok(mbps(bytes * streams as u64, t.elapsed()))
+}
+
+/// Create `n` files (1,000 per directory) with 16 clients; then the resident memory of every
+/// metadata process, in KiB.
+async fn many_files(dir: &Path, n: u64) -> Result<(f64, Vec<(String, u64)>)> {
+    let client = connect(dir).await?;
+    let top = client.mkdir(FileHandle::ROOT, &format!("bench-million-{}", std::process::id()), 0o755).await?;
+    let dirs = n.div_ceil(1000);
+    let mut handles = Vec::new();
+    for d in 0..dirs {
+        handles.push(client.mkdir(top.handle, &format!("d{d}"), 0o755).await?.handle);
+    }
+    let handles = Arc::new(handles);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let c = connect(dir).await?;
+        let handles = handles.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                c.create(handles[(i / 1000) as usize], &format!("f{i}"), 0o644, true).await?;
+            }
+            let _ = c.close().await;
+            Ok::<_, shoal_types::FsError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let mut rss = Vec::new();
+    for i in 1..=9 {
+        let name = format!("meta-{i}");
+        let Ok(pid) = std::fs::read_to_string(dir.join("pids").join(format!("{name}.pid"))) else { continue };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+        if let Some(kib) = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()) {
+            rss.push((name, kib));
+        }
+    }
+    let _ = client.close().await;
+    Ok((rate, rss))
 }

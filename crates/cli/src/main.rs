@@ -113,6 +113,10 @@ enum Cmd {
         /// Rounds of the bandwidth figures (medians are printed).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Also fill the namespace with this many files, then report the metadata processes'
+        /// resident memory (the figure uses 1000000).
+        #[arg(long, default_value_t = 0)]
+        files: u64,
     },
 }
 
@@ -203,7 +207,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Status { json } => files::status(&dir, json).await,
-        Cmd::Bench { size_mib, creates, rounds } => bench::run(&dir, size_mib, creates, rounds).await,
+        Cmd::Bench { size_mib, creates, rounds, files } => bench::run(&dir, size_mib, creates, rounds, files).await,
         other => files::run(&dir, other).await,
     }
 }

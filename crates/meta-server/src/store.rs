@@ -59,8 +59,11 @@ pub struct Dbs {
 /// Open (or create) both databases with every table present. A data directory of format 1 kept
 /// the log inside `meta.redb`; it is moved to `raft-log.redb` here (an upgrade in place).
 pub fn open_dbs(dir: &Path, cache_size_bytes: u64) -> anyhow::Result<Dbs> {
-    let sm = Database::builder().set_cache_size(cache_size_bytes as usize).create(dir.join("meta.redb"))?;
-    let log = Database::builder().set_cache_size((cache_size_bytes / 4) as usize).create(dir.join("raft-log.redb"))?;
+    // The configured cache is shared: the log needs little (it is read back only to replicate
+    // recent entries), the state machine gets the rest.
+    let log_cache = (cache_size_bytes / 8).min(32 << 20);
+    let sm = Database::builder().set_cache_size((cache_size_bytes - log_cache) as usize).create(dir.join("meta.redb"))?;
+    let log = Database::builder().set_cache_size(log_cache as usize).create(dir.join("raft-log.redb"))?;
     let txn = sm.begin_write()?;
     txn.open_table(SM_META)?;
     for t in TABLES {
