@@ -342,3 +342,45 @@ impl Client {
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
+
+impl Client {
+    /// Rewrite one chunk of a file as a single blob (the compactor's step): read it through its
+    /// current layout, put the bytes as one new blob, and swap it in only if the chunk did not
+    /// change meanwhile. Returns false when the chunk changed (nothing to do now).
+    pub async fn compact_chunk(&self, handle: FileHandle, idx: u64) -> FsResult<bool> {
+        let layout = match self.meta(MetaOp::GetLayout { handle, first_chunk: idx, n_chunks: 1 }).await? {
+            MetaReply::Layout(l) => l,
+            other => return Err(FsError::Protocol(format!("expected a layout, got {other:?}"))),
+        };
+        let Some((_, replaces)) = layout.chunks.iter().find(|(i, _)| *i == idx) else { return Ok(false) };
+        let chunk_start = idx * CHUNK_SIZE;
+        if layout.attr.size <= chunk_start {
+            return Ok(false);
+        }
+        let chunk_len = (layout.attr.size - chunk_start).min(CHUNK_SIZE);
+        let data = Bytes::from(self.read_with_layout(&layout, chunk_start, chunk_len).await?);
+        let intent = self.reserve(handle, 1, chunk_len).await?;
+        let crc = crc32c::crc32c(&data);
+        let blob = intent.blobs[0];
+        let stores = self.put_blob(&intent.targets, intent.policy, blob, data, crc).await?;
+        let op = MetaOp::CompactChunk {
+            handle,
+            idx,
+            replaces: replaces.clone(),
+            blob: NewBlob { blob, len: chunk_len, crc, stores },
+        };
+        match self.meta(op).await {
+            Ok(_) => Ok(true),
+            Err(FsError::VersionConflict { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Chunks the metadata service queued for compaction.
+    pub async fn fragmented_chunks(&self, limit: u32) -> FsResult<Vec<(FileHandle, u64)>> {
+        match self.meta(MetaOp::FragmentedChunks { limit }).await? {
+            MetaReply::Fragmented(v) => Ok(v),
+            other => Err(FsError::Protocol(format!("expected chunks, got {other:?}"))),
+        }
+    }
+}

@@ -208,6 +208,7 @@ impl<K: Kv> Sm<'_, K> {
                 self.rename(cred, parent, name, new_parent, new_name, *no_replace)
             }
             MetaOp::SetPolicy { handle, policy } => self.set_policy(cred, handle, *policy),
+            MetaOp::CompactChunk { handle, idx, replaces, blob } => self.compact_chunk(cred, handle, *idx, replaces, blob),
             MetaOp::Open { handle } => self.open(req.session, handle),
             MetaOp::Release { handle } => self.release(req.session, handle),
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
@@ -670,6 +671,11 @@ impl<K: Kv> Sm<'_, K> {
                 self.unref_blob(s.blob);
             }
         }
+        if kept.len() >= crate::COMPACT_SLICES_MIN {
+            self.kv.put(Table::Fragmented, &ckey, &[]);
+        } else {
+            self.kv.delete(Table::Fragmented, &ckey);
+        }
         if kept.is_empty() {
             self.kv.delete(Table::Chunks, &ckey);
         } else {
@@ -718,6 +724,58 @@ impl<K: Kv> Sm<'_, K> {
         rec.policy = policy;
         rec.ctime = self.now;
         self.put_inode(handle.inode, &rec);
+        Ok(MetaReply::Attr(attr_of(handle.inode, &rec)))
+    }
+
+    /// Swap a fragmented chunk for one slice of a blob holding the same bytes. The writer read
+    /// the chunk while it had the slices `replaces`; if anything changed since, the new blob is
+    /// dropped (garbage) and the answer is a conflict.
+    fn compact_chunk(&mut self, cred: &Credentials, handle: &FileHandle, idx: u64, replaces: &[Slice], nb: &NewBlob) -> MetaResponse {
+        if cred.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        let ckey = key::u64_u64(handle.inode.0, idx);
+        let ikey = key::u64(nb.blob.0);
+        let intent: IntentRec = load(self.kv, Table::Intents, &ikey).ok_or(FsError::IntentExpired)?;
+        if intent.inode != handle.inode || nb.len > CHUNK_SIZE {
+            return Err(FsError::Invalid("compaction blob does not fit this chunk".into()));
+        }
+        let current: Vec<Slice> = load(self.kv, Table::Chunks, &ckey).unwrap_or_default();
+        let rec = inode_of(self.kv, handle);
+        self.kv.delete(Table::Intents, &ikey);
+        let mut stores = nb.stores.clone();
+        stores.sort();
+        stores.dedup();
+        for s in &stores {
+            self.kv.put(Table::StoreBlobs, &key::u64_u64(s.0, nb.blob.0), &[]);
+        }
+        self.counters.blob_bytes += nb.len;
+        let info = BlobInfo { len: nb.len, policy: intent.policy, stores: stores.clone(), refs: 1, crc: nb.crc };
+        store(self.kv, Table::Blobs, &ikey, &info);
+        if stores.len() < intent.policy.copies() {
+            store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
+        }
+        let rec = match rec {
+            Ok(rec) if current == replaces && !current.is_empty() => rec,
+            other => {
+                // Changed or gone: the new copy is garbage; the chunk is left as it is.
+                self.unref_blob(Some(nb.blob));
+                if current.len() < crate::COMPACT_SLICES_MIN {
+                    self.kv.delete(Table::Fragmented, &ckey);
+                }
+                return match other {
+                    Ok(rec) => Err(FsError::VersionConflict { current: rec.version }),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        for s in &current {
+            self.unref_blob(s.blob);
+        }
+        let slice = Slice { blob: Some(nb.blob), blob_offset: 0, offset_in_chunk: 0, len: nb.len };
+        store(self.kv, Table::Chunks, &ckey, &vec![slice]);
+        self.kv.delete(Table::Fragmented, &ckey);
+        // Same bytes: no new version, no new mtime.
         Ok(MetaReply::Attr(attr_of(handle.inode, &rec)))
     }
 

@@ -38,9 +38,12 @@ pub enum Table {
     Opens,
     /// (session, inode) -> (): index of `Opens` by session.
     SessionOpens,
+    /// (inode, chunk index) -> (): chunks with many slices, for the compactor. (Added after
+    /// format 1: tables are only appended, since snapshots tag rows with the table's index.)
+    Fragmented,
 }
 
-pub const TABLES: [Table; 15] = [
+pub const TABLES: [Table; 16] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -56,6 +59,7 @@ pub const TABLES: [Table; 15] = [
     Table::Repair,
     Table::Opens,
     Table::SessionOpens,
+    Table::Fragmented,
 ];
 
 impl Table {
@@ -76,6 +80,7 @@ impl Table {
             Table::Repair => "repair",
             Table::Opens => "opens",
             Table::SessionOpens => "session_opens",
+            Table::Fragmented => "fragmented",
         }
     }
 }

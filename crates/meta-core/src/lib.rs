@@ -67,6 +67,8 @@ pub const ORDERS_PER_HEARTBEAT_MAX: usize = 256;
 pub const REPAIR_REASSIGN_NS: TimeNs = 30_000_000_000;
 /// Sessions or intents expired by one tick (the rest wait for the next).
 pub const EXPIRE_PER_TICK_MAX: usize = 1024;
+/// A chunk with at least this many slices is queued for the compactor.
+pub const COMPACT_SLICES_MIN: usize = 16;
 /// Hard links to one file.
 pub const LINKS_MAX: u32 = 32_000;
 

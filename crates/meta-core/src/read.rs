@@ -109,6 +109,17 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
             }))
         }
         MetaOp::Status => Ok(MetaReply::Status(status(kv))),
+        MetaOp::FragmentedChunks { limit } => {
+            let rows = kv.scan(Table::Fragmented, &[], &[0xff; 17], (*limit).clamp(1, 1024) as usize);
+            let mut out = Vec::with_capacity(rows.len());
+            for (k, _) in rows {
+                let ino = InodeId(key::read_u64(&k, 0));
+                let Some(rec) = load::<InodeRec>(kv, Table::Inodes, &key::u64(ino.0)) else { continue };
+                let handle = FileHandle { volume: VolumeId(1), inode: ino, generation: Generation(rec.generation) };
+                out.push((handle, key::read_u64(&k, 8)));
+            }
+            Ok(MetaReply::Fragmented(out))
+        }
         other => Err(FsError::Invalid(format!("not a read: {other:?}"))),
     }
 }

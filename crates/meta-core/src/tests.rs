@@ -305,3 +305,47 @@ fn policy_is_inherited_and_fixed_once_data_exists() {
     let bad = t.op(MetaOp::SetPolicy { handle: d.handle, policy: Policy::Replicas { copies: 2, write_quorum: 3 } });
     assert!(matches!(bad, Err(FsError::Invalid(_))));
 }
+
+#[test]
+fn fragmented_chunks_are_queued_and_compaction_swaps_only_an_unchanged_chunk() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    let mut blobs = Vec::new();
+    for i in 0..crate::COMPACT_SLICES_MIN as u64 {
+        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+        let blob = intent.blobs[0];
+        blobs.push(blob);
+        t.op(MetaOp::Commit(Commit {
+            handle: f.handle,
+            base_version: None,
+            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: i * 10, len: 10 }] }],
+            size: (i + 1) * 10,
+            mtime: 0,
+            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] }],
+        }))
+        .unwrap();
+    }
+    let MetaReply::Fragmented(queued) = t.read(MetaOp::FragmentedChunks { limit: 10 }).unwrap() else { panic!() };
+    assert_eq!(queued, vec![(f.handle, 0)]);
+    let MetaReply::Layout(layout) = t.read(MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).unwrap() else { panic!() };
+    let replaces = layout.chunks[0].1.clone();
+    let compact = |t: &mut T, replaces: Vec<Slice>| {
+        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 160 }) else { panic!() };
+        let blob = NewBlob { blob: intent.blobs[0], len: 160, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] };
+        t.op(MetaOp::CompactChunk { handle: f.handle, idx: 0, replaces, blob })
+    };
+    // A stale view is refused and its blob becomes garbage at once.
+    let mut stale = replaces.clone();
+    stale.pop();
+    assert!(matches!(compact(&mut t, stale), Err(FsError::VersionConflict { .. })));
+    let gc_before = t.kv.len(Table::GcOrders);
+    assert_eq!(gc_before, 3);
+    let version = t.read(MetaOp::GetAttr { handle: f.handle }).unwrap();
+    compact(&mut t, replaces).unwrap();
+    let MetaReply::Layout(layout) = t.read(MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).unwrap() else { panic!() };
+    assert_eq!(layout.chunks[0].1.len(), 1, "one slice after compaction");
+    assert_eq!(t.read(MetaOp::GetAttr { handle: f.handle }).unwrap(), version, "same bytes, same version");
+    assert_eq!(t.kv.len(Table::Blobs), 1, "the sixteen small blobs are freed");
+    assert_eq!(t.kv.len(Table::Fragmented), 0);
+}

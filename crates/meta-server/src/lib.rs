@@ -5,7 +5,7 @@
 //! - [`network`]: Raft messages between metadata nodes over the framed mutual-TLS transport.
 //! - [`service`]: the port's request handler, with group commit of writes (concurrent commands
 //!   share one log entry) and batched linearizable reads (one leadership check serves every
-//!   read waiting at that moment).
+//!   read waiting at that moment); the leader's housekeeping (ticks) and compactor.
 //!
 //! Architecture invariant: the only clock read here is the leader's, when it stamps a batch of
 //! commands before proposing it; replicas never read a clock while applying.
@@ -88,5 +88,10 @@ pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
     tracing::info!(id = config.id.0, %addr, "metadata node serving");
     let serve_task = tokio::spawn(shoal_net::rpc::serve(listener, server_tls, service.clone()));
     tokio::spawn(service::housekeeping(service.clone(), Duration::from_millis(500)));
+    tokio::spawn(service::compactor(
+        service.clone(),
+        shoal_types::config::ClientConfig { meta: config.peers.clone(), tls: config.tls.clone() },
+        Duration::from_secs(2),
+    ));
     Ok(MetaNode { raft, service, serve_task, addr })
 }

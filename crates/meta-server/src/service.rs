@@ -1,7 +1,7 @@
 //! The metadata port's handler: client requests (reads and commands) and Raft messages.
 
 use crate::store::{Batch, ReadKv};
-use crate::{MetaRaft, TypeConfig};
+use crate::MetaRaft;
 use bytes::Bytes;
 use openraft::error::{ClientWriteError, RaftError};
 use shoal_meta_core::{Command, CommandKind, Params};
@@ -244,5 +244,43 @@ pub async fn housekeeping(service: Arc<MetaService>, every: Duration) {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_types(_: &TypeConfig) {}
+/// Chunks compacted per round.
+pub const COMPACTIONS_PER_ROUND_MAX: u32 = 16;
+
+/// On the leader: rewrite fragmented chunks (many small slices) as one blob each, through the
+/// ordinary client path, so files written in many small pieces do not stay fragmented.
+pub async fn compactor(service: Arc<MetaService>, config: shoal_types::config::ClientConfig, every: Duration) {
+    let mut client: Option<Arc<shoal_client::Client>> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if !service.is_leader() {
+            client = None;
+            continue;
+        }
+        if client.is_none() {
+            match shoal_client::Client::connect(&config, Credentials::ROOT, "compactor").await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::warn!("compactor cannot connect: {e}");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let queued = match c.fragmented_chunks(COMPACTIONS_PER_ROUND_MAX).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!("compactor: {e}");
+                client = None;
+                continue;
+            }
+        };
+        for (handle, idx) in queued {
+            match c.compact_chunk(handle, idx).await {
+                Ok(true) => tracing::debug!(inode = handle.inode.0, idx, "compacted a chunk"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(inode = handle.inode.0, idx, "failed to compact a chunk: {e}"),
+            }
+        }
+    }
+}

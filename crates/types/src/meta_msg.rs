@@ -67,6 +67,11 @@ pub enum MetaOp {
     /// Set the redundancy policy of a directory (inherited by what is created in it later) or
     /// of a file that holds no data yet.
     SetPolicy { handle: FileHandle, policy: Policy },
+    /// Chunks made of many slices, for the compactor (a read).
+    FragmentedChunks { limit: u32 },
+    /// Replace a chunk's slices by one slice of `blob`, which holds the same bytes; refused with
+    /// `VersionConflict` if the chunk no longer has exactly the slices `replaces`.
+    CompactChunk { handle: FileHandle, idx: ChunkIdx, replaces: Vec<Slice>, blob: NewBlob },
 }
 
 impl MetaOp {
@@ -81,6 +86,7 @@ impl MetaOp {
                 | MetaOp::GetLayout { .. }
                 | MetaOp::Statfs
                 | MetaOp::Status
+                | MetaOp::FragmentedChunks { .. }
         )
     }
 }
@@ -139,6 +145,7 @@ pub enum MetaReply {
     Intent(Intent),
     /// Answer to a storage heartbeat: orders for that server, fenced by `term`.
     StoreOrders(StoreOrders),
+    Fragmented(Vec<(FileHandle, ChunkIdx)>),
 }
 
 pub type MetaResponse = Result<MetaReply, FsError>;

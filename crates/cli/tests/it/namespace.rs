@@ -119,3 +119,33 @@ async fn stale_handles_and_orphans() {
     let forged = FileHandle { generation: Generation(g.handle.generation.0 + 1), ..g.handle };
     assert_eq!(client.getattr(forged).await, Err(FsError::Stale));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_written_in_many_pieces_is_compacted() {
+    let c = TestCluster::start();
+    let client = c.client().await;
+    let f = client.create(FileHandle::ROOT, "pieces", 0o644, true).await.unwrap();
+    let mut expect = Vec::new();
+    for i in 0..40u64 {
+        let piece = bytes(i, 1000 + i as usize);
+        client.write_at(f.handle, expect.len() as u64, &piece).await.unwrap();
+        expect.extend_from_slice(&piece);
+    }
+    // Overwrite a range in the middle too.
+    let patch = bytes(99, 5000);
+    client.write_at(f.handle, 10_000, &patch).await.unwrap();
+    expect[10_000..15_000].copy_from_slice(&patch);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let layout = match client.meta(shoal_types::meta_msg::MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).await.unwrap() {
+            shoal_types::meta_msg::MetaReply::Layout(l) => l,
+            other => panic!("{other:?}"),
+        };
+        if layout.chunks[0].1.len() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not compacted: {} slices", layout.chunks[0].1.len());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(client.read_range(f.handle, 0, expect.len() as u64).await.unwrap() == expect, "same bytes after compaction");
+}
