@@ -19,7 +19,9 @@ pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize, files: 
     let data: Arc<Vec<u8>> = Arc::new((0..bytes).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect());
     let single = shoal_types::Policy::Replicas { copies: 1, write_quorum: 1 };
     let (mut tls1, mut tls3, mut put1, mut put3, mut get) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut disk = vec![];
     for round in 0..rounds.max(1) {
+        disk.push(disk_write(dir, &data).await?);
         tls1.push(bare_tls(dir, bytes, 1).await?);
         tls3.push(bare_tls(dir, bytes, 3).await?);
         for (copies, out) in [(1, &mut put1), (3, &mut put3)] {
@@ -40,10 +42,16 @@ pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize, files: 
         }
     }
     let (tls1, tls3, put1, put3, get) = (median(tls1), median(tls3), median(put1), median(put3), median(get));
+    let disk = median(disk);
+    rows.push(("local disk, 16 MiB files with fsync, MB/s".into(), disk, "the bound of every durable write".into()));
     rows.push(("bare rustls stream, MB/s".into(), tls1, "1 stream".into()));
     rows.push(("bare rustls, 3 streams together, MB/s".into(), tls3, format!("{:.0} MB/s per stream", tls3 / 3.0)));
-    rows.push(("put, 1 copy, MB/s".into(), put1, format!("{:.2}x of 1 bare stream", put1 / tls1)));
-    rows.push(("put, 3 copies, MB/s".into(), put3, format!("{:.2}x of a stream among 3", put3 / (tls3 / 3.0))));
+    rows.push(("put, 1 copy, MB/s".into(), put1, format!("{:.2}x of 1 bare stream, {:.2}x of the disk", put1 / tls1, put1 / disk)));
+    rows.push((
+        "put, 3 copies, MB/s".into(),
+        put3,
+        format!("{:.2}x of a stream among 3, {:.2}x of a third of the disk", put3 / (tls3 / 3.0), put3 / (disk / 3.0)),
+    ));
     rows.push(("get, MB/s".into(), get, format!("{:.2}x of 1 bare stream", get / tls1)));
 
     // Metadata: creates/s with 16 clients (each its own session), every create committed on a
@@ -106,6 +114,26 @@ pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize, files: 
     }
     println!("{t}");
     Ok(())
+}
+
+/// Write `data` into 16 MiB files beside the cluster's data, each fsynced, as a storage server
+/// does: the disk's bound for durable writes.
+async fn disk_write(dir: &Path, data: &Arc<Vec<u8>>) -> Result<f64> {
+    let (dir, data) = (dir.join("bench-disk"), data.clone());
+    tokio::task::spawn_blocking(move || -> Result<f64> {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir)?;
+        let t = Instant::now();
+        for (i, piece) in data.chunks(16 << 20).enumerate() {
+            let mut f = std::fs::File::create(dir.join(format!("f{i}")))?;
+            f.write_all(piece)?;
+            f.sync_all()?;
+        }
+        let rate = mbps(data.len() as u64, t.elapsed());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(rate)
+    })
+    .await?
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

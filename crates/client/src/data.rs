@@ -285,7 +285,13 @@ impl Client {
     /// against the blob's CRC32C.
     async fn read_blob(&self, loc: &BlobLocation, offset: u64, len: u64) -> FsResult<Bytes> {
         let mut last_err = FsError::Unavailable(format!("blob {} has no copy", loc.blob));
-        for s in &loc.stores {
+        // Spread reads over the copies, so a large read draws on several servers at once;
+        // servers that failed us recently go last.
+        let n = loc.stores.len().max(1);
+        let first = ((loc.blob.0 ^ (offset >> 20)) % n as u64) as usize;
+        let mut order: Vec<&StoreAddr> = loc.stores[first.min(loc.stores.len())..].iter().chain(loc.stores[..first.min(loc.stores.len())].iter()).collect();
+        order.sort_by_key(|s| self.is_suspect(s.store));
+        for s in order {
             match self.store_call(&s.addr, &StoreRequest::Get { blob: loc.blob, offset, len }, &[]).await {
                 Ok((StoreReply::Data { .. }, data)) => {
                     if data.len() as u64 != len {
@@ -302,6 +308,9 @@ impl Client {
                 Ok((other, _)) => last_err = FsError::Protocol(format!("unexpected reply {other:?}")),
                 Err(e) => {
                     tracing::debug!("read of blob {} from {} failed: {e}", loc.blob, s.addr);
+                    if matches!(e, FsError::Unavailable(_)) {
+                        self.suspect(s.store);
+                    }
                     last_err = e;
                 }
             }

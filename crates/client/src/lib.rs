@@ -43,7 +43,12 @@ pub struct Client {
     seq: AtomicU64,
     pub cred: Credentials,
     keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Storage servers that failed a request recently, and when: tried last for a while.
+    suspects: Mutex<HashMap<StoreId, std::time::Instant>>,
 }
+
+/// How long a storage server that failed a request is tried last.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 impl Drop for Client {
     fn drop(&mut self) {
@@ -116,6 +121,7 @@ impl Client {
             seq: AtomicU64::new(0),
             cred,
             keepalive: Mutex::new(None),
+            suspects: Mutex::new(HashMap::new()),
         })
     }
 
@@ -172,6 +178,22 @@ impl Client {
             }
         }
         Err(last_err)
+    }
+
+    pub(crate) fn suspect(&self, store: StoreId) {
+        self.suspects.lock().expect("suspects lock").insert(store, std::time::Instant::now());
+    }
+
+    pub(crate) fn is_suspect(&self, store: StoreId) -> bool {
+        let mut s = self.suspects.lock().expect("suspects lock");
+        match s.get(&store) {
+            Some(at) if at.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                s.remove(&store);
+                false
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn store_rpc(&self, addr: &str) -> Arc<RpcClient> {
