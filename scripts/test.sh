@@ -3,12 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-if ! command -v fusermount3 >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq </dev/null && apt-get install -y -qq fuse3 </dev/null
-  else
-    sudo apt-get update -qq </dev/null && sudo apt-get install -y -qq fuse3 </dev/null
-  fi
+# fuse3 for the mount; git and gcc are used as ordinary tools on the mount by the tests.
+missing=""
+command -v fusermount3 >/dev/null 2>&1 || missing="$missing fuse3"
+command -v git >/dev/null 2>&1 || missing="$missing git"
+command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+if [ -n "$missing" ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq </dev/null && $sudo apt-get install -y -qq $missing </dev/null
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked </dev/null

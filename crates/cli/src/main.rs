@@ -5,6 +5,7 @@
 mod bench;
 mod cluster;
 mod files;
+mod mount;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -45,9 +46,20 @@ enum Cmd {
     Up {
         #[arg(long)]
         detach: bool,
+        /// Also mount the cluster here once it is healthy.
+        #[arg(long)]
+        mount: Option<PathBuf>,
     },
-    /// Stop the local cluster.
+    /// Stop the local cluster (and unmount its mounts).
     Down,
+    /// Mount the cluster; returns once mounted (--foreground stays attached).
+    Mount {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Unmount, after what is buffered is written.
+    Umount { mountpoint: PathBuf },
     /// Leader, term, members, storage servers, capacity and health.
     Status {
         #[arg(long)]
@@ -199,9 +211,13 @@ async fn run(cli: Cli) -> Result<()> {
             println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());
             Ok(())
         }
-        Cmd::Up { detach } => up(&dir, detach).await,
+        Cmd::Up { detach, mount } => up(&dir, detach, mount).await,
+        Cmd::Mount { mountpoint, foreground: true } => mount::foreground(&dir, &mountpoint).await,
+        Cmd::Mount { mountpoint, foreground: false } => mount::background(&dir, &mountpoint).await,
+        Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Down => {
             let c: cluster::ClusterFile = cluster::read_toml(&dir.join("cluster.toml"))?;
+            mount::stop_all(&dir)?;
             let n = cluster::stop_procs(&dir, &c, Duration::from_secs(10))?;
             println!("stopped {n} processes");
             Ok(())
@@ -212,7 +228,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn up(dir: &Path, detach: bool) -> Result<()> {
+async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result<()> {
     if !dir.join("cluster.toml").exists() {
         let c = cluster::init(dir, &cluster::InitOptions {
             metas: 3,
@@ -232,6 +248,7 @@ async fn up(dir: &Path, detach: bool) -> Result<()> {
     let mut children = cluster::start_procs(&dir, &c, detach)?;
     let started = Instant::now();
     let stop = |children: &mut Vec<std::process::Child>| -> Result<()> {
+        mount::stop_all(&dir)?;
         cluster::stop_procs(&dir, &c, Duration::from_secs(10))?;
         for ch in children.iter_mut() {
             let _ = ch.wait();
@@ -251,6 +268,9 @@ async fn up(dir: &Path, detach: bool) -> Result<()> {
         c.stores.len(),
         dir.display()
     );
+    if let Some(m) = &mountpoint {
+        mount::background(&dir, m).await?;
+    }
     if detach {
         return Ok(());
     }

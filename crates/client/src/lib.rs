@@ -136,12 +136,21 @@ impl Client {
 
     /// Send one metadata request, exactly once, retrying as needed.
     pub async fn meta(&self, op: MetaOp) -> MetaResponse {
+        self.meta_as(&self.cred, op).await
+    }
+
+    /// Like [`Client::meta`], acting as `cred` (a mount serves many local users).
+    pub async fn meta_as(&self, cred: &Credentials, op: MetaOp) -> MetaResponse {
         let seq = if op.is_read() { 0 } else { self.seq.fetch_add(1, Ordering::Relaxed) + 1 };
-        self.send_meta(op, seq).await
+        self.send_meta_as(cred, op, seq).await
     }
 
     async fn send_meta(&self, op: MetaOp, seq: u64) -> MetaResponse {
-        let req = MetaWireReq::Client(MetaRequest { session: self.session, seq, cred: self.cred.clone(), op });
+        self.send_meta_as(&self.cred, op, seq).await
+    }
+
+    async fn send_meta_as(&self, cred: &Credentials, op: MetaOp, seq: u64) -> MetaResponse {
+        let req = MetaWireReq::Client(MetaRequest { session: self.session, seq, cred: cred.clone(), op });
         let mut last_err = FsError::Unavailable("no metadata server answered".into());
         for attempt in 0..META_ATTEMPTS_MAX {
             let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();

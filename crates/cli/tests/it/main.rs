@@ -4,4 +4,5 @@ mod harness;
 mod cli;
 mod faults;
 mod format;
+mod mount;
 mod namespace;

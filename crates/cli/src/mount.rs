@@ -1,0 +1,138 @@
+//! `shoal mount` and `shoal umount`. A background mount is this binary re-run with
+//! `--foreground` in its own session, logging to `DIR/logs/mount-*.log`, with a pid file in
+//! `DIR/pids/` so `shoal down` unmounts it.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn tag(mountpoint: &Path) -> String {
+    mountpoint.to_string_lossy().trim_matches('/').replace('/', "_")
+}
+
+/// Whether `mountpoint` is a FUSE mount of Shoal right now.
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let target = mountpoint.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            // "... MOUNTPOINT OPTIONS - FSTYPE SOURCE ...": ours is a fuse mount named "shoal".
+            let fields: Vec<&str> = l.split(' ').collect();
+            let after_dash = fields.iter().position(|f| *f == "-").map_or(&[][..], |i| &fields[i + 1..]);
+            fields.get(4) == Some(&target.as_str())
+                && after_dash.first().is_some_and(|t| t.starts_with("fuse"))
+                && after_dash.get(1) == Some(&"shoal")
+        })
+}
+
+/// A mount point left by a killed client answers ENOTCONN: detach it so it can be mounted again.
+fn clean_dead_mount(mountpoint: &Path) {
+    if let Err(e) = std::fs::metadata(mountpoint) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            let _ = std::process::Command::new("fusermount3").arg("-uz").arg(mountpoint).status();
+        }
+    }
+}
+
+pub async fn background(dir: &Path, mountpoint: &Path) -> Result<()> {
+    clean_dead_mount(mountpoint);
+    std::fs::create_dir_all(mountpoint).with_context(|| format!("create {}", mountpoint.display()))?;
+    let mountpoint = mountpoint.canonicalize()?;
+    if is_mounted(&mountpoint) {
+        bail!("{} is already mounted", mountpoint.display());
+    }
+    let dir = dir.canonicalize().with_context(|| format!("no cluster in {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    std::fs::create_dir_all(dir.join("pids"))?;
+    let log_path = dir.join("logs").join(format!("mount-{}.log", tag(&mountpoint)));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--dir").arg(&dir).arg("mount").arg("--foreground").arg(&mountpoint);
+    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the mount process")?;
+    std::fs::write(dir.join("pids").join(format!("mount-{}.pid", tag(&mountpoint))), child.id().to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_mounted(&mountpoint) {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("mount process exited ({status}): {}", log.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
+        }
+        if Instant::now() > deadline {
+            bail!("{} not mounted after 30 s (log: {})", mountpoint.display(), log_path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("mounted at {}", mountpoint.display());
+    Ok(())
+}
+
+pub async fn foreground(dir: &Path, mountpoint: &Path) -> Result<()> {
+    tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+    ).with_writer(std::io::stderr).init();
+    clean_dead_mount(mountpoint);
+    std::fs::create_dir_all(mountpoint)?;
+    let mountpoint: PathBuf = mountpoint.canonicalize()?;
+    let client = crate::connect(dir).await?;
+    // Unmount on SIGTERM or Ctrl-C: the kernel then flushes and releases every open file.
+    let mp = mountpoint.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = std::process::Command::new("fusermount3").arg("-u").arg(&mp).status();
+        // Busy (files still open): detach lazily so the process can end.
+        if is_mounted(&mp) {
+            let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&mp).status();
+        }
+    });
+    tracing::info!(mountpoint = %mountpoint.display(), "mounting");
+    let rt = tokio::runtime::Handle::current();
+    let c = client.clone();
+    let mp = mountpoint.clone();
+    tokio::task::spawn_blocking(move || shoal_fuse::mount(rt, c, &mp, 4)).await?.context("FUSE mount")?;
+    let _ = client.close().await;
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    let st = std::process::Command::new("fusermount3").arg("-u").arg(mountpoint).status().context("run fusermount3")?;
+    if !st.success() {
+        bail!("fusermount3 -u {} failed (files still open?)", mountpoint.display());
+    }
+    Ok(())
+}
+
+/// Stop every mount process of this cluster directory (each unmounts on SIGTERM).
+pub fn stop_all(dir: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir.join("pids")) else { return Ok(()) };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("mount-") {
+            continue;
+        }
+        if let Ok(pid) = std::fs::read_to_string(e.path()).unwrap_or_default().trim().parse::<i32>() {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+                let mut status = 0;
+                unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+    Ok(())
+}

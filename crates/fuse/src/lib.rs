@@ -1,0 +1,574 @@
+//! The FUSE mount: kernel file-system requests mapped onto the client library. This is the only
+//! crate that knows fuser or errno ([`errno`] is the one mapping point).
+//!
+//! This first version serves the namespace and data through the client library with short
+//! kernel attribute and entry timeouts (1 s), buffers writes per open file (contiguous runs up to
+//! [`WRITE_BUFFER_MAX`]) and commits them on `flush` (close) and `fsync`. Caches with callbacks,
+//! read-ahead and the consistency modes are issue 3's.
+//!
+//! FUSE inode numbers are Shoal inode numbers (the root is 1 in both); the generation of each
+//! inode seen is remembered so every call carries a full file handle, and a handle whose inode
+//! was removed answers `ESTALE`.
+
+use fuser::{
+    Errno, FileAttr, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
+};
+use shoal_client::Client;
+use shoal_types::meta_msg::MetaOp;
+use shoal_types::*;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may trust attributes and entries without asking again.
+pub const TTL: Duration = Duration::from_secs(1);
+/// Bytes buffered per open file before they are written out.
+pub const WRITE_BUFFER_MAX: usize = 16 << 20;
+
+/// The one mapping from Shoal errors to errno.
+pub fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(match e {
+        FsError::NotFound | FsError::BlobNotFound => libc::ENOENT,
+        FsError::Exists => libc::EEXIST,
+        FsError::NotDir => libc::ENOTDIR,
+        FsError::IsDir => libc::EISDIR,
+        FsError::NotEmpty => libc::ENOTEMPTY,
+        FsError::Invalid(_) => libc::EINVAL,
+        FsError::NameTooLong => libc::ENAMETOOLONG,
+        FsError::Stale => libc::ESTALE,
+        FsError::NoSpace => libc::ENOSPC,
+        FsError::PermissionDenied => libc::EACCES,
+        FsError::NotPermitted => libc::EPERM,
+        FsError::TooManyLinks => libc::EMLINK,
+        FsError::CrossDevice => libc::EXDEV,
+        FsError::VersionConflict { .. } => libc::EAGAIN,
+        FsError::Corrupt(_) | FsError::Io(_) => libc::EIO,
+        FsError::NotLeader { .. } | FsError::Unavailable(_) | FsError::SessionExpired | FsError::IntentExpired => libc::EIO,
+        FsError::Fenced { .. } | FsError::Protocol(_) | FsError::Internal(_) => libc::EIO,
+    })
+}
+
+/// Writes not yet sent: one contiguous run.
+struct WriteBuf {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+struct OpenFile {
+    handle: FileHandle,
+    buf: Option<WriteBuf>,
+    append: bool,
+}
+
+pub struct ShoalFs {
+    rt: tokio::runtime::Handle,
+    client: Arc<Client>,
+    generations: Mutex<HashMap<u64, u64>>,
+    open: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    next_fh: AtomicU64,
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+fn ns(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn cred(req: &Request) -> Credentials {
+    Credentials { uid: req.uid(), gid: req.gid(), groups: Vec::new() }
+}
+
+fn name_of(name: &OsStr) -> Result<String, Errno> {
+    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+}
+
+impl ShoalFs {
+    pub fn new(rt: tokio::runtime::Handle, client: Arc<Client>) -> ShoalFs {
+        let mut generations = HashMap::new();
+        generations.insert(InodeId::ROOT.0, FileHandle::ROOT.generation.0);
+        ShoalFs { rt, client, generations: Mutex::new(generations), open: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
+    }
+
+    fn handle(&self, ino: INodeNo) -> FileHandle {
+        let generation = self.generations.lock().expect("generations").get(&ino.0).copied().unwrap_or(0);
+        FileHandle { volume: VolumeId(1), inode: InodeId(ino.0), generation: Generation_(generation) }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        self.generations.lock().expect("generations").insert(a.handle.inode.0, a.handle.generation.0);
+        let size = self.buffered_end(a.handle.inode.0).map_or(a.size, |end| end.max(a.size));
+        FileAttr {
+            ino: INodeNo(a.handle.inode.0),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time(a.atime),
+            mtime: time(a.mtime),
+            ctime: time(a.ctime),
+            crtime: time(a.crtime),
+            kind: kind(a.kind),
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+
+    /// End of the data buffered for an inode by any open file (not yet committed).
+    fn buffered_end(&self, ino: u64) -> Option<u64> {
+        let open = self.open.lock().expect("open");
+        open.values()
+            .filter_map(|f| {
+                let f = f.lock().expect("file");
+                if f.handle.inode.0 != ino {
+                    return None;
+                }
+                f.buf.as_ref().map(|b| b.offset + b.data.len() as u64)
+            })
+            .max()
+    }
+
+    fn run<T>(&self, f: impl std::future::Future<Output = FsResult<T>>) -> Result<T, Errno> {
+        self.rt.block_on(f).map_err(|e| {
+            tracing::debug!("request failed: {e}");
+            errno(&e)
+        })
+    }
+
+    fn file(&self, fh: fuser::FileHandle) -> Result<Arc<Mutex<OpenFile>>, Errno> {
+        self.open.lock().expect("open").get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Send what an open file buffered and commit it.
+    fn flush_file(&self, file: &Mutex<OpenFile>) -> Result<(), Errno> {
+        let (handle, buf) = {
+            let mut f = file.lock().expect("file");
+            (f.handle, f.buf.take())
+        };
+        if let Some(b) = buf {
+            self.run(self.client.write_at(handle, b.offset, &b.data))?;
+        }
+        Ok(())
+    }
+
+    /// Flush every open file of an inode (before a read, a truncate or a getattr that must see it).
+    fn flush_inode(&self, ino: u64) -> Result<(), Errno> {
+        let files: Vec<_> = self.open.lock().expect("open").values().cloned().collect();
+        for f in files {
+            let same = f.lock().expect("file").handle.inode.0 == ino;
+            if same {
+                self.flush_file(&f)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn new_fh(&self, handle: FileHandle, append: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().expect("open").insert(fh, Arc::new(Mutex::new(OpenFile { handle, buf: None, append })));
+        fh
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => {
+                let attr = self.attr(&a);
+                reply.entry(&TTL, &attr, Generation(a.handle.generation.0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[allow(non_snake_case)]
+fn Generation_(g: u64) -> shoal_types::Generation {
+    shoal_types::Generation(g)
+}
+
+impl Filesystem for ShoalFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = name_of(name).and_then(|name| {
+            self.run(self.client.meta_as(&cred(req), MetaOp::Lookup { parent: self.handle(parent), name })).and_then(attr_reply)
+        });
+        self.entry(reply, r);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<fuser::FileHandle>, reply: ReplyAttr) {
+        match self.run(self.client.meta_as(&cred(req), MetaOp::GetAttr { handle: self.handle(ino) })).and_then(attr_reply) {
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<fuser::FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if size.is_some() {
+            if let Err(e) = self.flush_inode(ino.0) {
+                return reply.error(e);
+            }
+        }
+        let t = |x: TimeOrNow| match x {
+            TimeOrNow::SpecificTime(t) => ns(t),
+            TimeOrNow::Now => ns(SystemTime::now()),
+        };
+        let set = SetAttr { mode: mode.map(|m| m & 0o7777), uid, gid, size, atime: atime.map(t), mtime: mtime.map(t) };
+        match self.run(self.client.meta_as(&cred(req), MetaOp::SetAttr { handle: self.handle(ino), set })).and_then(attr_reply) {
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.run(self.client.meta_as(&cred(req), MetaOp::Readlink { handle: self.handle(ino) })) {
+            Ok(shoal_types::meta_msg::MetaReply::Target(t)) => reply.data(t.as_bytes()),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let k = match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::File,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFCHR => FileKind::CharDev,
+            libc::S_IFBLK => FileKind::BlockDev,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let r = name_of(name).and_then(|name| {
+            let op = MetaOp::Create { parent: self.handle(parent), name, kind: k, mode: mode & !umask & 0o7777, rdev, exclusive: true };
+            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
+        });
+        self.entry(reply, r);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let r = name_of(name).and_then(|name| {
+            let op = MetaOp::Mkdir { parent: self.handle(parent), name, mode: mode & !umask & 0o7777 };
+            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
+        });
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::Unlink { parent: self.handle(parent), name })));
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::Rmdir { parent: self.handle(parent), name })));
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let r = name_of(link_name).and_then(|name| {
+            let target = target.to_str().ok_or(Errno::EINVAL)?.to_string();
+            self.run(self.client.meta_as(&cred(req), MetaOp::Symlink { parent: self.handle(parent), name, target })).and_then(attr_reply)
+        });
+        self.entry(reply, r);
+    }
+
+    fn rename(&self, req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        if flags.bits() & !libc::RENAME_NOREPLACE != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let r = name_of(name).and_then(|name| {
+            let new_name = name_of(newname)?;
+            let op = MetaOp::Rename {
+                parent: self.handle(parent),
+                name,
+                new_parent: self.handle(newparent),
+                new_name,
+                no_replace: flags.bits() & libc::RENAME_NOREPLACE != 0,
+            };
+            self.run(self.client.meta_as(&cred(req), op))
+        });
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = name_of(newname).and_then(|new_name| {
+            let op = MetaOp::Link { handle: self.handle(ino), new_parent: self.handle(newparent), new_name };
+            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
+        });
+        self.entry(reply, r);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let handle = self.handle(ino);
+        match self.run(self.client.meta_as(&cred(req), MetaOp::Open { handle })) {
+            Ok(_) => {
+                let fh = self.new_fh(handle, flags.0 & libc::O_APPEND != 0);
+                reply.opened(fuser::FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let r = name_of(name).and_then(|name| {
+            let op = MetaOp::Create {
+                parent: self.handle(parent),
+                name,
+                kind: FileKind::File,
+                mode: mode & !umask & 0o7777,
+                rdev: 0,
+                exclusive: flags & libc::O_EXCL != 0,
+            };
+            let a = self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)?;
+            self.run(self.client.meta_as(&cred(req), MetaOp::Open { handle: a.handle }))?;
+            Ok(a)
+        });
+        match r {
+            Ok(a) => {
+                let attr = self.attr(&a);
+                let fh = self.new_fh(a.handle, flags & libc::O_APPEND != 0);
+                reply.created(&TTL, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: fuser::FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        // Read-after-write within this mount: what is buffered is committed first.
+        if let Err(e) = self.flush_inode(ino.0) {
+            return reply.error(e);
+        }
+        let handle = match self.file(fh) {
+            Ok(f) => f.lock().expect("file").handle,
+            Err(e) => return reply.error(e),
+        };
+        match self.run(self.client.read_range(handle, offset, size as u64)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: fuser::FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let mut offset = offset;
+        {
+            let f = file.lock().expect("file");
+            if f.append {
+                // O_APPEND: the end is the committed size plus what this file buffered.
+                drop(f);
+                if let Err(e) = self.flush_file(&file) {
+                    return reply.error(e);
+                }
+                let handle = file.lock().expect("file").handle;
+                match self.run(self.client.getattr(handle)) {
+                    Ok(a) => offset = a.size,
+                    Err(e) => return reply.error(e),
+                }
+            }
+        }
+        // Extend the buffered run, or send it and start a new one.
+        let needs_flush = {
+            let f = file.lock().expect("file");
+            match &f.buf {
+                Some(b) => b.offset + b.data.len() as u64 != offset || b.data.len() + data.len() > WRITE_BUFFER_MAX,
+                None => false,
+            }
+        };
+        if needs_flush {
+            if let Err(e) = self.flush_file(&file) {
+                return reply.error(e);
+            }
+        }
+        {
+            let mut f = file.lock().expect("file");
+            match &mut f.buf {
+                Some(b) => b.data.extend_from_slice(data),
+                None => f.buf = Some(WriteBuf { offset, data: data.to_vec() }),
+            }
+        }
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: fuser::FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        match self.file(fh).and_then(|f| self.flush_file(&f)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: fuser::FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.file(fh).and_then(|f| self.flush_file(&f)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: fuser::FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let flushed = self.flush_file(&file);
+        self.open.lock().expect("open").remove(&fh.0);
+        let handle = file.lock().expect("file").handle;
+        let released = self.run(self.client.release(handle));
+        match flushed.and(released) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: fuser::FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        // Offsets: 1 is ".", 2 is "..", then each entry's cookie + 2.
+        let dir = self.handle(ino);
+        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 {
+            let parent = match self.run(self.client.meta_as(&cred(req), MetaOp::Lookup { parent: dir, name: "..".into() })).and_then(attr_reply) {
+                Ok(a) => a.handle.inode.0,
+                Err(e) => return reply.error(e),
+            };
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        let mut cookie = offset.saturating_sub(2);
+        loop {
+            let page = self.run(self.client.meta_as(&cred(req), MetaOp::Readdir { dir, cookie, limit: 512 }));
+            let (entries, eof) = match page {
+                Ok(shoal_types::meta_msg::MetaReply::Dir { entries, eof }) => (entries, eof),
+                Ok(_) => return reply.error(Errno::EIO),
+                Err(e) => return reply.error(e),
+            };
+            for e in entries {
+                cookie = e.cookie;
+                self.generations.lock().expect("generations").insert(e.handle.inode.0, e.handle.generation.0);
+                if reply.add(INodeNo(e.handle.inode.0), e.cookie + 2, kind(e.kind), &e.name) {
+                    return reply.ok();
+                }
+            }
+            if eof {
+                return reply.ok();
+            }
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.run(self.client.statfs()) {
+            Ok(s) => {
+                let bsize = s.block_size.max(512) as u64;
+                reply.statfs(s.capacity / bsize, s.available / bsize, s.available / bsize, s.files + 1_000_000, 1_000_000, bsize as u32, 255, bsize as u32)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn attr_reply(r: shoal_types::meta_msg::MetaReply) -> Result<Attr, Errno> {
+    match r {
+        shoal_types::meta_msg::MetaReply::Attr(a) => Ok(a),
+        _ => Err(Errno::EIO),
+    }
+}
+
+/// Mount and serve until unmounted. Blocks the calling thread.
+pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::path::Path, threads: usize) -> std::io::Result<()> {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("shoal".into()),
+        fuser::MountOption::Subtype("shoal".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if unsafe { libc::geteuid() } == 0 {
+        // allow_other: every local user reaches the mount; permissions are checked per request.
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(threads.max(1));
+    fuser::mount(ShoalFs::new(rt, client), mountpoint, &config)
+}
