@@ -417,16 +417,25 @@ impl<K: Kv> Sm<'_, K> {
         perm::check(&dir, cred, W | X)?;
         let dkey = key::u64_name(parent.inode.0, name);
         let entry: DirentRec = load(self.kv, Table::Dirents, &dkey).ok_or(FsError::NotFound)?;
+        self.drop_name(cred, parent.inode, &mut dir, name, &entry, want_dir)?;
+        self.put_inode(parent.inode, &dir);
+        self.maybe_free_inode(entry.inode);
+        Ok(MetaReply::Ok)
+    }
+
+    /// Remove the name `name` (entry `entry`) from `dir`, which the caller writes back: checks
+    /// the sticky bit and the kind (`want_dir`), and drops one link of the victim.
+    fn drop_name(&mut self, cred: &Credentials, parent: InodeId, dir: &mut InodeRec, name: &str, entry: &DirentRec, want_dir: bool) -> FsResult<()> {
         let mut victim: InodeRec = load(self.kv, Table::Inodes, &key::u64(entry.inode.0))
             .ok_or_else(|| FsError::Internal("dangling entry".into()))?;
-        perm::check_sticky(&dir, &victim, cred)?;
+        perm::check_sticky(dir, &victim, cred)?;
         match (want_dir, victim.kind == FileKind::Dir) {
             (true, false) => return Err(FsError::NotDir),
             (false, true) => return Err(FsError::IsDir),
             (true, true) if victim.entries > 0 => return Err(FsError::NotEmpty),
             _ => {}
         }
-        self.remove_entry(parent.inode, &mut dir, name, &entry);
+        self.remove_entry(parent, dir, name, entry);
         if victim.kind == FileKind::Dir {
             dir.nlink -= 1;
             victim.nlink = 0;
@@ -434,10 +443,8 @@ impl<K: Kv> Sm<'_, K> {
             victim.nlink -= 1;
         }
         victim.ctime = self.now;
-        self.put_inode(parent.inode, &dir);
         self.put_inode(entry.inode, &victim);
-        self.maybe_free_inode(entry.inode);
-        Ok(MetaReply::Ok)
+        Ok(())
     }
 
     /// Free an inode with no names left and no open handles: its chunks, then the record.
@@ -512,24 +519,7 @@ impl<K: Kv> Sm<'_, K> {
             if target.inode == entry.inode {
                 return Ok(MetaReply::Ok); // Two names of one file: POSIX says do nothing.
             }
-            let mut victim: InodeRec = load(self.kv, Table::Inodes, &key::u64(target.inode.0))
-                .ok_or_else(|| FsError::Internal("dangling entry".into()))?;
-            perm::check_sticky(&dst_dir, &victim, cred)?;
-            match (is_dir, victim.kind == FileKind::Dir) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) if victim.entries > 0 => return Err(FsError::NotEmpty),
-                _ => {}
-            }
-            self.remove_entry(new_parent.inode, &mut dst_dir, new_name, &target);
-            if victim.kind == FileKind::Dir {
-                dst_dir.nlink -= 1;
-                victim.nlink = 0;
-            } else {
-                victim.nlink -= 1;
-            }
-            victim.ctime = self.now;
-            self.put_inode(target.inode, &victim);
+            self.drop_name(cred, new_parent.inode, &mut dst_dir, new_name, &target, is_dir)?;
             if same_dir {
                 src_dir = dst_dir.clone();
             }
