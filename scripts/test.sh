@@ -12,6 +12,12 @@ if [ -n "$missing" ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq </dev/null && $sudo apt-get install -y -qq $missing </dev/null
 fi
+# pjdfstest switches to the users "nobody" and "tests".
+if ! id tests >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo useradd -M -s /usr/sbin/nologin tests
+fi
+command -v pjdfstest >/dev/null 2>&1 || cargo install pjdfstest --version 0.2.2 --locked </dev/null
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked </dev/null
 fi

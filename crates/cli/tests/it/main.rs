@@ -6,3 +6,4 @@ mod faults;
 mod format;
 mod mount;
 mod namespace;
+mod posix;
