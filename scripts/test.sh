@@ -18,6 +18,7 @@ if ! id tests >/dev/null 2>&1; then
   $sudo useradd -M -s /usr/sbin/nologin tests
 fi
 command -v pjdfstest >/dev/null 2>&1 || cargo install pjdfstest --version 0.2.2 --locked </dev/null
+command -v fsx >/dev/null 2>&1 || cargo install fsx --version 0.3.2 --locked </dev/null
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked </dev/null
 fi

@@ -163,14 +163,14 @@ impl ShoalFs {
         self.open.lock().expect("open").get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    /// Send what an open file buffered and commit it.
+    /// Send what an open file buffered and commit it. The file stays locked until the commit is
+    /// done, so a concurrent getattr sees either the buffer or the committed size, never a size
+    /// from before the write; on failure the buffer is kept.
     fn flush_file(&self, file: &Mutex<OpenFile>) -> Result<(), Errno> {
-        let (handle, buf) = {
-            let mut f = file.lock().expect("file");
-            (f.handle, f.buf.take())
-        };
-        if let Some(b) = buf {
-            self.run(self.client.write_at(handle, b.offset, &b.data))?;
+        let mut f = file.lock().expect("file");
+        if let Some(b) = &f.buf {
+            self.run(self.client.write_at(f.handle, b.offset, &b.data))?;
+            f.buf = None;
         }
         Ok(())
     }

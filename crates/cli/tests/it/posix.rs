@@ -28,3 +28,24 @@ fn pjdfstest_on_the_mount() {
     assert!(failed.is_empty(), "pjdfstest failures:\n{}", failed.join("\n"));
     assert!(passed >= PJDFSTEST_PASS_MIN, "only {passed} pjdfstest cases passed");
 }
+
+/// fsx (the Rust port from crates.io): random reads, writes, truncations and mapped reads of one
+/// file, checked against a model after every step. 100,000 operations with a fixed seed
+/// (SHOAL_SMALL=1: 10,000).
+#[test]
+fn fsx_on_the_mount() {
+    assert!(
+        Command::new("fsx").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "fsx is not installed: run `cargo install fsx` (scripts/test.sh does)"
+    );
+    let ops = if std::env::var("SHOAL_SMALL").is_ok() { "10000" } else { "100000" };
+    let c = TestCluster::start();
+    let mnt = c.file("mnt");
+    c.must_shoal(&["mount", mnt.to_str().unwrap()]);
+    let artifacts = c.file("fsx-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new("fsx").args(["-N", ops, "-S", "42", "-P"]).arg(&artifacts).arg(mnt.join("fsx.bin")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    assert!(out.status.success() && text.contains("All operations completed A-OK"), "fsx failed:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+}
