@@ -13,7 +13,7 @@
 use fuser::{
     Errno, FileAttr, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow, WriteFlags,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shoal_client::Client;
 use shoal_types::meta_msg::MetaOp;
@@ -49,6 +49,8 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Corrupt(_) | FsError::Io(_) => libc::EIO,
         FsError::NotLeader { .. } | FsError::Unavailable(_) | FsError::SessionExpired | FsError::IntentExpired => libc::EIO,
         FsError::Fenced { .. } | FsError::Protocol(_) | FsError::Internal(_) => libc::EIO,
+        FsError::NoAttribute => libc::ENODATA,
+        FsError::NotSupported(_) => libc::EOPNOTSUPP,
     })
 }
 
@@ -542,6 +544,55 @@ impl Filesystem for ShoalFs {
         }
     }
 
+    fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let flags = match flags {
+            0 => 0,
+            libc::XATTR_CREATE => 1,
+            libc::XATTR_REPLACE => 2,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let r = name_of(name).and_then(|name| {
+            let op = MetaOp::SetXattr { handle: self.handle(ino), name, value: value.to_vec(), flags };
+            self.run(self.client.meta_as(&cred(req), op))
+        });
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::GetXattr { handle: self.handle(ino), name })));
+        match r {
+            Ok(shoal_types::meta_msg::MetaReply::XattrValue(v)) => xattr_reply(reply, size, &v),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.run(self.client.meta_as(&cred(req), MetaOp::ListXattr { handle: self.handle(ino) })) {
+            Ok(shoal_types::meta_msg::MetaReply::XattrNames(names)) => {
+                let mut list = Vec::new();
+                for n in names {
+                    list.extend_from_slice(n.as_bytes());
+                    list.push(0);
+                }
+                xattr_reply(reply, size, &list)
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::RemoveXattr { handle: self.handle(ino), name })));
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.run(self.client.statfs()) {
             Ok(s) => {
@@ -550,6 +601,17 @@ impl Filesystem for ShoalFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// `size` 0 asks for the length; a buffer too small is ERANGE.
+fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if (size as usize) < data.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
     }
 }
 

@@ -209,6 +209,8 @@ impl<K: Kv> Sm<'_, K> {
             }
             MetaOp::SetPolicy { handle, policy } => self.set_policy(cred, handle, *policy),
             MetaOp::CompactChunk { handle, idx, replaces, blob } => self.compact_chunk(cred, handle, *idx, replaces, blob),
+            MetaOp::SetXattr { handle, name, value, flags } => self.set_xattr(cred, handle, name, value, *flags),
+            MetaOp::RemoveXattr { handle, name } => self.remove_xattr(cred, handle, name),
             MetaOp::Open { handle } => self.open(req.session, handle),
             MetaOp::Release { handle } => self.release(req.session, handle),
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
@@ -462,6 +464,9 @@ impl<K: Kv> Sm<'_, K> {
                 self.unref_blob(s.blob);
             }
             self.kv.delete(Table::Chunks, &k);
+        }
+        for (k, _) in self.kv.scan(Table::Xattrs, &key::u64(ino.0), &key::prefix_end(ino.0), usize::MAX) {
+            self.kv.delete(Table::Xattrs, &k);
         }
         self.kv.delete(Table::Inodes, &key::u64(ino.0));
         self.counters.files = self.counters.files.saturating_sub(1);
@@ -767,6 +772,48 @@ impl<K: Kv> Sm<'_, K> {
         self.kv.delete(Table::Fragmented, &ckey);
         // Same bytes: no new version, no new mtime.
         Ok(MetaReply::Attr(attr_of(handle.inode, &rec)))
+    }
+
+    fn set_xattr(&mut self, cred: &Credentials, handle: &FileHandle, name: &str, value: &[u8], flags: u32) -> MetaResponse {
+        let mut rec = inode_of(self.kv, handle)?;
+        if name.is_empty() || name.len() > NAME_LEN_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(FsError::Invalid("extended attribute value too long".into()));
+        }
+        perm::check_xattr(&rec, cred, name, true)?;
+        let xkey = key::u64_name(handle.inode.0, name);
+        let exists = self.kv.get(Table::Xattrs, &xkey).is_some();
+        match flags {
+            1 if exists => return Err(FsError::Exists),
+            2 if !exists => return Err(FsError::NoAttribute),
+            0..=2 => {}
+            _ => return Err(FsError::Invalid(format!("bad xattr flags {flags}"))),
+        }
+        if !exists
+            && self.kv.scan(Table::Xattrs, &key::u64(handle.inode.0), &key::prefix_end(handle.inode.0), XATTRS_PER_INODE_MAX).len()
+                >= XATTRS_PER_INODE_MAX
+        {
+            return Err(FsError::NoSpace);
+        }
+        self.kv.put(Table::Xattrs, &xkey, value);
+        rec.ctime = self.now;
+        self.put_inode(handle.inode, &rec);
+        Ok(MetaReply::Ok)
+    }
+
+    fn remove_xattr(&mut self, cred: &Credentials, handle: &FileHandle, name: &str) -> MetaResponse {
+        let mut rec = inode_of(self.kv, handle)?;
+        perm::check_xattr(&rec, cred, name, true)?;
+        let xkey = key::u64_name(handle.inode.0, name);
+        if self.kv.get(Table::Xattrs, &xkey).is_none() {
+            return Err(FsError::NoAttribute);
+        }
+        self.kv.delete(Table::Xattrs, &xkey);
+        rec.ctime = self.now;
+        self.put_inode(handle.inode, &rec);
+        Ok(MetaReply::Ok)
     }
 
     fn open(&mut self, session: SessionId, handle: &FileHandle) -> MetaResponse {

@@ -41,9 +41,11 @@ pub enum Table {
     /// (inode, chunk index) -> (): chunks with many slices, for the compactor. (Added after
     /// format 1: tables are only appended, since snapshots tag rows with the table's index.)
     Fragmented,
+    /// (inode, name) -> value: extended attributes.
+    Xattrs,
 }
 
-pub const TABLES: [Table; 16] = [
+pub const TABLES: [Table; 17] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -60,6 +62,7 @@ pub const TABLES: [Table; 16] = [
     Table::Opens,
     Table::SessionOpens,
     Table::Fragmented,
+    Table::Xattrs,
 ];
 
 impl Table {
@@ -81,6 +84,7 @@ impl Table {
             Table::Opens => "opens",
             Table::SessionOpens => "session_opens",
             Table::Fragmented => "fragmented",
+            Table::Xattrs => "xattrs",
         }
     }
 }

@@ -38,3 +38,18 @@ pub fn check_sticky(dir: &InodeRec, victim: &InodeRec, cred: &Credentials) -> Fs
     }
     Ok(())
 }
+
+/// Who may touch an extended attribute: `user.*` follows the file's read (get) or write (set)
+/// permission, `trusted.*` and `security.*` are root's, `system.*` (ACLs) is not supported.
+pub fn check_xattr(inode: &InodeRec, cred: &Credentials, name: &str, write: bool) -> FsResult<()> {
+    if name.starts_with("user.") {
+        if write && !matches!(inode.kind, shoal_types::FileKind::File | shoal_types::FileKind::Dir) {
+            return Err(FsError::NotPermitted);
+        }
+        return check(inode, cred, if write { W } else { R });
+    }
+    if name.starts_with("trusted.") || name.starts_with("security.") {
+        return if cred.uid == 0 { Ok(()) } else { Err(FsError::NotPermitted) };
+    }
+    Err(FsError::NotSupported(format!("extended attribute namespace of {name:?}")))
+}

@@ -109,6 +109,22 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
             }))
         }
         MetaOp::Status => Ok(MetaReply::Status(status(kv))),
+        MetaOp::GetXattr { handle, name } => {
+            let rec = inode_of(kv, handle)?;
+            perm::check_xattr(&rec, cred, name, false)?;
+            kv.get(Table::Xattrs, &key::u64_name(handle.inode.0, name)).map(MetaReply::XattrValue).ok_or(FsError::NoAttribute)
+        }
+        MetaOp::ListXattr { handle } => {
+            inode_of(kv, handle)?;
+            let names = kv
+                .scan(Table::Xattrs, &key::u64(handle.inode.0), &key::prefix_end(handle.inode.0), XATTRS_PER_INODE_MAX)
+                .into_iter()
+                .map(|(k, _)| String::from_utf8_lossy(&k[8..]).into_owned())
+                // Others' trusted attributes are not listed to them.
+                .filter(|n| cred.uid == 0 || n.starts_with("user."))
+                .collect();
+            Ok(MetaReply::XattrNames(names))
+        }
         MetaOp::FragmentedChunks { limit } => {
             let rows = kv.scan(Table::Fragmented, &[], &[0xff; 17], (*limit).clamp(1, 1024) as usize);
             let mut out = Vec::with_capacity(rows.len());

@@ -349,3 +349,20 @@ fn fragmented_chunks_are_queued_and_compaction_swaps_only_an_unchanged_chunk() {
     assert_eq!(t.kv.len(Table::Blobs), 1, "the sixteen small blobs are freed");
     assert_eq!(t.kv.len(Table::Fragmented), 0);
 }
+
+#[test]
+fn extended_attributes_follow_permissions_and_die_with_the_inode() {
+    let mut t = T::new();
+    let f = t.must_create(ROOT, "f");
+    let set = |name: &str, flags| MetaOp::SetXattr { handle: f.handle, name: name.into(), value: b"v".to_vec(), flags };
+    t.op(set("user.a", 0)).unwrap();
+    assert_eq!(t.op(set("user.a", 1)), Err(FsError::Exists));
+    assert_eq!(t.op(set("user.b", 2)), Err(FsError::NoAttribute));
+    t.cred = Credentials { uid: 1000, gid: 1000, groups: vec![] };
+    assert_eq!(t.op(set("user.c", 0)), Err(FsError::PermissionDenied), "0644 root file: others cannot write");
+    assert_eq!(t.op(set("trusted.x", 0)), Err(FsError::NotPermitted));
+    assert_eq!(t.read(MetaOp::GetXattr { handle: f.handle, name: "user.a".into() }), Ok(MetaReply::XattrValue(b"v".to_vec())));
+    t.cred = Credentials::ROOT;
+    t.op(MetaOp::Unlink { parent: ROOT, name: "f".into() }).unwrap();
+    assert_eq!(t.kv.len(Table::Xattrs), 0);
+}

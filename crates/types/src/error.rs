@@ -57,6 +57,11 @@ pub enum FsError {
     Io(String),
     #[error("internal error: {0}")]
     Internal(String),
+    // Added after format 1 (replies are stored in the reply table): append only.
+    #[error("no such attribute")]
+    NoAttribute,
+    #[error("not supported: {0}")]
+    NotSupported(String),
 }
 
 impl FsError {
@@ -87,6 +92,8 @@ impl FsError {
             FsError::Protocol(_) => "protocol",
             FsError::Io(_) => "io",
             FsError::Internal(_) => "internal",
+            FsError::NoAttribute => "no_attribute",
+            FsError::NotSupported(_) => "not_supported",
         }
     }
 

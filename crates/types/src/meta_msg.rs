@@ -72,7 +72,17 @@ pub enum MetaOp {
     /// Replace a chunk's slices by one slice of `blob`, which holds the same bytes; refused with
     /// `VersionConflict` if the chunk no longer has exactly the slices `replaces`.
     CompactChunk { handle: FileHandle, idx: ChunkIdx, replaces: Vec<Slice>, blob: NewBlob },
+    /// Extended attributes. `flags`: 1 = create only (fail if it exists), 2 = replace only.
+    SetXattr { handle: FileHandle, name: String, value: Vec<u8>, flags: u32 },
+    RemoveXattr { handle: FileHandle, name: String },
+    GetXattr { handle: FileHandle, name: String },
+    ListXattr { handle: FileHandle },
 }
+
+/// Longest extended attribute value.
+pub const XATTR_VALUE_MAX: usize = 64 << 10;
+/// Extended attributes per inode.
+pub const XATTRS_PER_INODE_MAX: usize = 1024;
 
 impl MetaOp {
     /// Reads are served without a log entry.
@@ -87,6 +97,8 @@ impl MetaOp {
                 | MetaOp::Statfs
                 | MetaOp::Status
                 | MetaOp::FragmentedChunks { .. }
+                | MetaOp::GetXattr { .. }
+                | MetaOp::ListXattr { .. }
         )
     }
 }
@@ -146,6 +158,8 @@ pub enum MetaReply {
     /// Answer to a storage heartbeat: orders for that server, fenced by `term`.
     StoreOrders(StoreOrders),
     Fragmented(Vec<(FileHandle, ChunkIdx)>),
+    XattrValue(Vec<u8>),
+    XattrNames(Vec<String>),
 }
 
 pub type MetaResponse = Result<MetaReply, FsError>;

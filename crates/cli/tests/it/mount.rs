@@ -39,3 +39,31 @@ fn tools_work_on_the_mount_and_a_killed_mount_remounts() {
     c.must_shoal(&["umount", mnt.to_str().unwrap()]);
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(mnt.to_str().unwrap()));
 }
+
+#[test]
+fn extended_attributes_on_the_mount() {
+    let c = TestCluster::start();
+    let mnt = c.file("mnt");
+    c.must_shoal(&["mount", mnt.to_str().unwrap()]);
+    let script = r#"
+import os, errno
+p = 'x'
+open(p, 'w').write('data')
+os.setxattr(p, 'user.color', b'blue')
+out = [os.getxattr(p, 'user.color').decode(), ','.join(os.listxattr(p))]
+try:
+    os.setxattr(p, 'user.color', b'red', os.XATTR_CREATE)
+except OSError as e:
+    out.append(errno.errorcode[e.errno])
+os.setxattr(p, 'user.color', b'red', os.XATTR_REPLACE)
+out.append(os.getxattr(p, 'user.color').decode())
+os.removexattr(p, 'user.color')
+try:
+    os.getxattr(p, 'user.color')
+except OSError as e:
+    out.append(errno.errorcode[e.errno])
+print(' '.join(out))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).current_dir(&mnt).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "blue user.color EEXIST red ENODATA", "{}", String::from_utf8_lossy(&out.stderr));
+}
