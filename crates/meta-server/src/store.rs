@@ -17,7 +17,7 @@ use openraft::{
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use shoal_meta_core::kv::{Kv, KvPair, KvRead, Table, TABLES};
-use shoal_meta_core::{Command, CommandKind};
+use shoal_meta_core::Command;
 use shoal_types::codec;
 use shoal_types::meta_msg::MetaResponse;
 use std::fmt::Debug;
@@ -755,7 +755,3 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Commands are applied in batches: one log entry carries every command gathered while the
 /// previous entry was being replicated (group commit).
 pub type Batch = Vec<Command>;
-
-pub fn is_bootstrap(batch: &Batch) -> bool {
-    batch.iter().any(|c| matches!(c.kind, CommandKind::Bootstrap(_)))
-}
