@@ -87,21 +87,6 @@ impl TestCluster {
         self.must_shoal(&["up", "--detach"]);
     }
 
-    /// Start one process (`meta-2`, `store-3`) of the cluster, like `shoal up` does.
-    pub fn start_one(&self, name: &str) {
-        let (role, file) = if name.starts_with("meta") { ("meta", "meta.toml") } else { ("store", "store.toml") };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path().join("logs").join(format!("{name}.log"))).unwrap();
-        let child = Command::new(SHOAL)
-            .arg(role)
-            .arg("--config")
-            .arg(self.path().join(name).join(file))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn");
-        std::fs::write(self.path().join("pids").join(format!("{name}.pid")), child.id().to_string()).unwrap();
-    }
-
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.must_shoal(&["status", "--json"])).expect("status json")
     }
