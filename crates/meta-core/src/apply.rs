@@ -678,6 +678,25 @@ impl<K: Kv> Sm<'_, K> {
         }
     }
 
+    /// Turn a reserved blob into a committed one: drop its intent, record where its durable
+    /// copies are (queueing a repair when there are fewer than its policy asks) and count it.
+    fn publish_blob(&mut self, nb: &NewBlob, intent: &IntentRec, refs: u64) {
+        let ikey = key::u64(nb.blob.0);
+        self.kv.delete(Table::Intents, &ikey);
+        let mut stores = nb.stores.clone();
+        stores.sort();
+        stores.dedup();
+        for s in &stores {
+            self.kv.put(Table::StoreBlobs, &key::u64_u64(s.0, nb.blob.0), &[]);
+        }
+        if stores.len() < intent.policy.copies() {
+            store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
+        }
+        self.counters.blob_bytes += nb.len;
+        let info = BlobInfo { len: nb.len, policy: intent.policy, stores, refs, crc: nb.crc };
+        store(self.kv, Table::Blobs, &ikey, &info);
+    }
+
     fn unref_blob(&mut self, blob: Option<BlobId>) {
         let Some(blob) = blob else { return };
         let bkey = key::u64(blob.0);
@@ -737,19 +756,7 @@ impl<K: Kv> Sm<'_, K> {
         }
         let current: Vec<Slice> = load(self.kv, Table::Chunks, &ckey).unwrap_or_default();
         let rec = inode_of(self.kv, handle);
-        self.kv.delete(Table::Intents, &ikey);
-        let mut stores = nb.stores.clone();
-        stores.sort();
-        stores.dedup();
-        for s in &stores {
-            self.kv.put(Table::StoreBlobs, &key::u64_u64(s.0, nb.blob.0), &[]);
-        }
-        self.counters.blob_bytes += nb.len;
-        let info = BlobInfo { len: nb.len, policy: intent.policy, stores: stores.clone(), refs: 1, crc: nb.crc };
-        store(self.kv, Table::Blobs, &ikey, &info);
-        if stores.len() < intent.policy.copies() {
-            store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
-        }
+        self.publish_blob(nb, &intent, 1);
         let rec = match rec {
             Ok(rec) if current == replaces && !current.is_empty() => rec,
             other => {
@@ -930,21 +937,8 @@ impl<K: Kv> Sm<'_, K> {
         }
         // Publish the blobs, then reference them from the slices.
         for nb in &c.blobs {
-            let ikey = key::u64(nb.blob.0);
-            let intent: IntentRec = load(self.kv, Table::Intents, &ikey).ok_or(FsError::IntentExpired)?;
-            self.kv.delete(Table::Intents, &ikey);
-            let mut stores = nb.stores.clone();
-            stores.sort();
-            stores.dedup();
-            for s in &stores {
-                self.kv.put(Table::StoreBlobs, &key::u64_u64(s.0, nb.blob.0), &[]);
-            }
-            if stores.len() < intent.policy.copies() {
-                store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
-            }
-            self.counters.blob_bytes += nb.len;
-            let info = BlobInfo { len: nb.len, policy: intent.policy, stores, refs: 0, crc: nb.crc };
-            store(self.kv, Table::Blobs, &ikey, &info);
+            let intent: IntentRec = load(self.kv, Table::Intents, &key::u64(nb.blob.0)).ok_or(FsError::IntentExpired)?;
+            self.publish_blob(nb, &intent, 0);
         }
         for u in &c.chunks {
             for s in &u.slices {
