@@ -51,6 +51,7 @@ pub struct InitOptions {
     pub stores: usize,
     pub store_capacity_bytes: u64,
     pub snapshot_every_entries: u64,
+    pub callback_lease_ms: u64,
 }
 
 /// Create the CA, certificates and configuration of a local cluster under `dir`.
@@ -91,6 +92,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
             intent_lease_ms: defaults::intent_lease_ms(),
             store_dead_after_ms: defaults::store_dead_after_ms(),
             snapshot_every_entries: opts.snapshot_every_entries,
+            callback_lease_ms: opts.callback_lease_ms,
         };
         write_toml(&data_dir.join("meta.toml"), &cfg)?;
     }

@@ -40,6 +40,10 @@ enum Cmd {
         /// Log entries between metadata snapshots (older entries are then purged).
         #[arg(long, default_value_t = shoal_types::config::defaults::snapshot_every_entries())]
         snapshot_every: u64,
+        /// How long a cache promise to a mount lasts (ms); a change waits at most this long for
+        /// an unreachable mount.
+        #[arg(long, default_value_t = shoal_types::config::defaults::callback_lease_ms())]
+        callback_lease_ms: u64,
     },
     /// Start the local cluster (initializing it first if needed); returns once healthy with
     /// --detach, else stays in the foreground and stops everything on Ctrl-C.
@@ -205,8 +209,14 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg: StoreConfig = cluster::read_toml(&config)?;
             shoal_store_server::run(cfg).await
         }
-        Cmd::Init { metas, stores, store_capacity, snapshot_every } => {
-            let opts = cluster::InitOptions { metas, stores, store_capacity_bytes: store_capacity, snapshot_every_entries: snapshot_every };
+        Cmd::Init { metas, stores, store_capacity, snapshot_every, callback_lease_ms } => {
+            let opts = cluster::InitOptions {
+                metas,
+                stores,
+                store_capacity_bytes: store_capacity,
+                snapshot_every_entries: snapshot_every,
+                callback_lease_ms,
+            };
             let c = cluster::init(&dir, &opts)?;
             println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());
             Ok(())
@@ -235,6 +245,7 @@ async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result<()>
             stores: 4,
             store_capacity_bytes: 0,
             snapshot_every_entries: shoal_types::config::defaults::snapshot_every_entries(),
+            callback_lease_ms: shoal_types::config::defaults::callback_lease_ms(),
         })?;
         println!("initialized cluster {} in {}", c.name, dir.display());
     }

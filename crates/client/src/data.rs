@@ -30,10 +30,11 @@ pub const LAGGARD_GRACE: std::time::Duration = std::time::Duration::from_secs(2)
 /// Blob ids reserved per intent.
 pub const BLOBS_PER_INTENT: u32 = 16;
 
-/// A blob written and where its durable copies are.
-struct Written {
-    blob: NewBlob,
-    file_offset: u64,
+/// A blob written (put, not committed yet) and where its durable copies are.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub blob: NewBlob,
+    pub file_offset: u64,
 }
 
 impl Client {
@@ -162,7 +163,14 @@ impl Client {
 
     /// Write `data` at `offset` and commit (the file grows if needed; the size never shrinks).
     pub async fn write_at(self: &Arc<Self>, handle: FileHandle, offset: u64, data: &[u8]) -> FsResult<Attr> {
-        let attr = self.getattr(handle).await?;
+        let written = self.put_at(handle, offset, data).await?;
+        self.commit_at(handle, written, offset + data.len() as u64).await
+    }
+
+    /// Put `data` for `offset` of a file as blobs, without committing them: the writer gathers
+    /// what it put and publishes it in one commit ([`Client::commit_at`]), so a reader sees all
+    /// of it or none.
+    pub async fn put_at(self: &Arc<Self>, handle: FileHandle, offset: u64, data: &[u8]) -> FsResult<Vec<Written>> {
         let mut written = Vec::new();
         let mut pos = 0usize;
         while pos < data.len() {
@@ -178,14 +186,19 @@ impl Client {
             written.push(Written { blob: NewBlob { blob, len: n as u64, crc, stores }, file_offset });
             pos += n;
         }
-        let size = attr.size.max(offset + data.len() as u64);
-        self.commit_written(handle, written, size, None).await
+        Ok(written)
+    }
+
+    /// Commit blobs put by [`Client::put_at`], in the order they were written (a later write
+    /// over the same bytes wins); the file grows to `end` if it is shorter.
+    pub async fn commit_at(&self, handle: FileHandle, written: Vec<Written>, end: u64) -> FsResult<Attr> {
+        let attr = self.getattr(handle).await?;
+        self.commit_written(handle, written, attr.size.max(end), None).await
     }
 
     async fn commit_written(&self, handle: FileHandle, written: Vec<Written>, size: u64, base: Option<VersionNo>) -> FsResult<Attr> {
+        // Slices are laid in write order, so the last write over a byte wins.
         let mut chunks: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
-        let mut written = written;
-        written.sort_by_key(|w| w.file_offset);
         for w in &written {
             chunks.entry(w.file_offset / CHUNK_SIZE).or_default().push(Slice {
                 blob: Some(w.blob.blob),

@@ -47,6 +47,10 @@ pub struct Client {
     suspects: Mutex<HashMap<StoreId, std::time::Instant>>,
 }
 
+/// Share of a promise's lease a client relies on (a margin for clocks that run at different
+/// rates on the client and the leader).
+pub const PROMISE_SHARE: f64 = 0.9;
+
 /// How long a storage server that failed a request is tried last.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
@@ -141,8 +145,55 @@ impl Client {
 
     /// Like [`Client::meta`], acting as `cred` (a mount serves many local users).
     pub async fn meta_as(&self, cred: &Credentials, op: MetaOp) -> MetaResponse {
+        self.meta_promised(cred, op).await.0
+    }
+
+    /// Like [`Client::meta_as`], also telling until when the answer is covered by a cache
+    /// promise (only for a session that polls the callback channel, see [`Client::watch`]).
+    /// The promise is counted from before the request was sent, so it ends no later here than
+    /// on the leader.
+    pub async fn meta_promised(&self, cred: &Credentials, op: MetaOp) -> (MetaResponse, Option<std::time::Instant>) {
         let seq = if op.is_read() { 0 } else { self.seq.fetch_add(1, Ordering::Relaxed) + 1 };
-        self.send_meta_as(cred, op, seq).await
+        let sent = std::time::Instant::now();
+        match self.send_meta_as(cred, op, seq).await {
+            Ok(MetaReply::Promised { lease_ms, reply }) => {
+                let lease = Duration::from_millis(lease_ms).mul_f64(PROMISE_SHARE);
+                (Ok(*reply), Some(sent + lease))
+            }
+            other => (other, None),
+        }
+    }
+
+    /// One poll of the callback channel: acknowledge `acks`, get the callbacks waiting (after at
+    /// most about a second) with the leader's term and the promise lease.
+    ///
+    /// One attempt only: any failure means contact with the leader is lost, and the caller must
+    /// stop trusting its promises before polling again (the next poll follows the leader hint).
+    pub async fn watch(&self, acks: Vec<u64>) -> FsResult<(u64, Duration, Vec<Callback>)> {
+        let req = MetaWireReq::Client(MetaRequest {
+            session: self.session,
+            seq: 0,
+            cred: self.cred.clone(),
+            op: MetaOp::WatchCallbacks { acks },
+        });
+        let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();
+        let rpc = &self.meta[idx].1;
+        match rpc.call::<_, MetaWireResp>(&req, &[]).await {
+            Ok((MetaWireResp::Client(Ok(MetaReply::Callbacks { term, lease_ms, callbacks })), _)) => {
+                Ok((term, Duration::from_millis(lease_ms), callbacks))
+            }
+            Ok((MetaWireResp::Client(Err(FsError::NotLeader { leader_hint })), _)) => {
+                let next = leader_hint.and_then(|h| self.meta.iter().position(|(id, _)| *id == h)).unwrap_or(idx + 1);
+                self.leader.store(next % self.meta.len(), Ordering::Relaxed);
+                Err(FsError::NotLeader { leader_hint })
+            }
+            Ok((MetaWireResp::Client(Err(e)), _)) => Err(e),
+            Ok((other, _)) => Err(FsError::Protocol(format!("expected callbacks, got {other:?}"))),
+            Err(e) => {
+                self.leader.store((idx + 1) % self.meta.len(), Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
     }
 
     async fn send_meta(&self, op: MetaOp, seq: u64) -> MetaResponse {

@@ -1,10 +1,11 @@
 //! The FUSE mount: kernel file-system requests mapped onto the client library. This is the only
 //! crate that knows fuser or errno ([`errno`] is the one mapping point).
 //!
-//! This first version serves the namespace and data through the client library with short
-//! kernel attribute and entry timeouts (1 s), buffers writes per open file (contiguous runs up to
-//! [`WRITE_BUFFER_MAX`]) and commits them on `flush` (close) and `fsync`. Caches with callbacks,
-//! read-ahead and the consistency modes are issue 3's.
+//! The kernel caches entries and attributes only under a cache promise from the metadata leader,
+//! for what is left of it, and drops them when a callback arrives ([`promises`]); a file's pages
+//! are kept across opens only while its version is the one they were read from
+//! (close-to-open). Writes are buffered per open file (contiguous runs up to
+//! [`WRITE_BUFFER_MAX`]) and committed on `flush` (close) and `fsync`.
 //!
 //! FUSE inode numbers are Shoal inode numbers (the root is 1 in both); the generation of each
 //! inode seen is remembered so every call carries a full file handle, and a handle whose inode
@@ -24,8 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may trust attributes and entries without asking again.
-pub const TTL: Duration = Duration::from_secs(1);
+pub mod promises;
+pub mod readahead;
+use promises::Promises;
+
+/// Kernel timeout of what no promise covers (answers to mutations): ask again next time.
+pub const NO_TTL: Duration = Duration::ZERO;
 /// Bytes buffered per open file before they are written out.
 pub const WRITE_BUFFER_MAX: usize = 16 << 20;
 
@@ -63,8 +68,26 @@ struct WriteBuf {
 struct OpenFile {
     handle: FileHandle,
     buf: Option<WriteBuf>,
+    /// Blobs put and not committed yet, in write order: `close` publishes them in one commit.
+    pending: Vec<shoal_client::data::Written>,
+    /// End of the furthest byte among `pending`.
+    pending_end: u64,
     append: bool,
+    reads: readahead::ReadState,
 }
+
+impl OpenFile {
+    /// End of what this open file wrote and did not commit.
+    fn uncommitted_end(&self) -> Option<u64> {
+        let buffered = self.buf.as_ref().map(|b| b.offset + b.data.len() as u64);
+        let pending = (!self.pending.is_empty()).then_some(self.pending_end);
+        buffered.max(pending)
+    }
+}
+
+/// Blobs an open file may put before it commits them anyway (intents expire; a file written
+/// in one open beyond this many blobs is published in several versions).
+pub const PENDING_BLOBS_MAX: usize = 64;
 
 pub struct ShoalFs {
     rt: tokio::runtime::Handle,
@@ -72,6 +95,12 @@ pub struct ShoalFs {
     generations: Mutex<HashMap<u64, u64>>,
     open: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     next_fh: AtomicU64,
+    promises: Arc<Promises>,
+    /// The version each file's kernel pages were read from, as far as this mount knows.
+    page_versions: Mutex<HashMap<u64, VersionNo>>,
+    /// Bumped by every change of file contents made through this mount (no callback tells this
+    /// mount about its own changes): cached layouts from before are dropped.
+    local_changes: AtomicU64,
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -110,7 +139,42 @@ impl ShoalFs {
     pub fn new(rt: tokio::runtime::Handle, client: Arc<Client>) -> ShoalFs {
         let mut generations = HashMap::new();
         generations.insert(InodeId::ROOT.0, FileHandle::ROOT.generation.0);
-        ShoalFs { rt, client, generations: Mutex::new(generations), open: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
+        ShoalFs {
+            rt,
+            client,
+            generations: Mutex::new(generations),
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            promises: Arc::new(Promises::default()),
+            page_versions: Mutex::new(HashMap::new()),
+            local_changes: AtomicU64::new(0),
+        }
+    }
+
+    fn read_stamp(&self) -> readahead::Stamp {
+        (self.promises.generation(), self.local_changes.load(Ordering::Acquire))
+    }
+
+    /// A read that may come with a cache promise: the answer, until when it is promised, and
+    /// the callback generation it was asked at.
+    fn read_promised(&self, req: &Request, op: MetaOp) -> (Result<Attr, Errno>, Option<std::time::Instant>, u64) {
+        let since = self.promises.generation();
+        let (r, until) = self.rt.block_on(self.client.meta_promised(&cred(req), op));
+        let r = r.map_err(|e| {
+            tracing::debug!("request failed: {e}");
+            errno(&e)
+        });
+        (r.and_then(attr_reply), until, since)
+    }
+
+    /// Whether the kernel's pages of a file just opened at `version` may be kept.
+    fn keep_pages(&self, ino: u64, version: VersionNo) -> FopenFlags {
+        let mut v = self.page_versions.lock().expect("page versions");
+        if v.insert(ino, version) == Some(version) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     fn handle(&self, ino: INodeNo) -> FileHandle {
@@ -149,7 +213,7 @@ impl ShoalFs {
                 if f.handle.inode.0 != ino {
                     return None;
                 }
-                f.buf.as_ref().map(|b| b.offset + b.data.len() as u64)
+                f.uncommitted_end()
             })
             .max()
     }
@@ -165,16 +229,39 @@ impl ShoalFs {
         self.open.lock().expect("open").get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    /// Send what an open file buffered and commit it. The file stays locked until the commit is
-    /// done, so a concurrent getattr sees either the buffer or the committed size, never a size
-    /// from before the write; on failure the buffer is kept.
-    fn flush_file(&self, file: &Mutex<OpenFile>) -> Result<(), Errno> {
-        let mut f = file.lock().expect("file");
+    /// Put what an open file buffered (without committing it).
+    fn put_buffer(&self, f: &mut OpenFile) -> Result<(), Errno> {
         if let Some(b) = &f.buf {
-            self.run(self.client.write_at(f.handle, b.offset, &b.data))?;
+            let written = self.run(self.client.put_at(f.handle, b.offset, &b.data))?;
+            f.pending_end = f.pending_end.max(b.offset + b.data.len() as u64);
+            f.pending.extend(written);
             f.buf = None;
         }
+        if f.pending.len() >= PENDING_BLOBS_MAX {
+            self.commit_pending(f)?;
+        }
         Ok(())
+    }
+
+    fn commit_pending(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        if !f.pending.is_empty() {
+            let committed = self.run(self.client.commit_at(f.handle, f.pending.clone(), f.pending_end));
+            self.local_changes.fetch_add(1, Ordering::AcqRel);
+            committed?;
+            f.pending.clear();
+            f.pending_end = 0;
+        }
+        Ok(())
+    }
+
+    /// Put what an open file buffered and commit everything it wrote as one new version. The
+    /// file stays locked until the commit is done, so a concurrent getattr sees either the
+    /// uncommitted size or the committed one, never a size from before the write; on failure
+    /// the uncommitted data is kept.
+    fn flush_file(&self, file: &Mutex<OpenFile>) -> Result<(), Errno> {
+        let mut f = file.lock().expect("file");
+        self.put_buffer(&mut f)?;
+        self.commit_pending(&mut f)
     }
 
     /// Flush every open file of an inode (before a read, a truncate or a getattr that must see it).
@@ -191,15 +278,17 @@ impl ShoalFs {
 
     fn new_fh(&self, handle: FileHandle, append: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().expect("open").insert(fh, Arc::new(Mutex::new(OpenFile { handle, buf: None, append })));
+        let file = OpenFile { handle, buf: None, pending: Vec::new(), pending_end: 0, append, reads: Default::default() };
+        self.open.lock().expect("open").insert(fh, Arc::new(Mutex::new(file)));
         fh
     }
 
+    /// An entry answer to a mutation: nothing promised, so the kernel asks again next time.
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
             Ok(a) => {
                 let attr = self.attr(&a);
-                reply.entry(&TTL, &attr, Generation(a.handle.generation.0));
+                reply.entry(&NO_TTL, &attr, Generation(a.handle.generation.0));
             }
             Err(e) => reply.error(e),
         }
@@ -219,15 +308,39 @@ impl Filesystem for ShoalFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = name_of(name).and_then(|name| {
-            self.run(self.client.meta_as(&cred(req), MetaOp::Lookup { parent: self.handle(parent), name })).and_then(attr_reply)
-        });
-        self.entry(reply, r);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (r, until, since) = self.read_promised(req, MetaOp::Lookup { parent: self.handle(parent), name: name.clone() });
+        match r {
+            Ok(a) => {
+                let attr = self.attr(&a);
+                let granted = self.promises.grant(since, until, a.handle.inode.0, Some((parent.0, &name)));
+                reply.entry(&granted.ttl, &attr, Generation(a.handle.generation.0));
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<fuser::FileHandle>, reply: ReplyAttr) {
-        match self.run(self.client.meta_as(&cred(req), MetaOp::GetAttr { handle: self.handle(ino) })).and_then(attr_reply) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+        // What this mount wrote and did not commit, looked at before asking: a commit finishing
+        // meanwhile is then either seen by the answer or counted here.
+        let uncommitted = self.buffered_end(ino.0);
+        let (r, until, since) = self.read_promised(req, MetaOp::GetAttr { handle: self.handle(ino) });
+        match r {
+            Ok(a) => {
+                let mut attr = self.attr(&a);
+                if let Some(end) = uncommitted.filter(|e| *e > attr.size) {
+                    attr.size = end;
+                    attr.blocks = end.div_ceil(512);
+                }
+                // Data buffered here and not committed yet: the size is this mount's, not the
+                // leader's, so it is not cached.
+                let until = until.filter(|_| attr.size == a.size);
+                let granted = self.promises.grant(since, until, ino.0, None);
+                reply.attr(&granted.ttl, &attr);
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -264,8 +377,10 @@ impl Filesystem for ShoalFs {
         // may have been created with mode 0): the kernel checked it at open.
         let only_size = size.is_some() && mode.is_none() && uid.is_none() && gid.is_none() && atime.is_none() && mtime.is_none();
         let as_who = if only_size && fh.is_some_and(|fh| self.file(fh).is_ok()) { Credentials::ROOT } else { cred(req) };
-        match self.run(self.client.meta_as(&as_who, MetaOp::SetAttr { handle: self.handle(ino), set })).and_then(attr_reply) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+        let r = self.run(self.client.meta_as(&as_who, MetaOp::SetAttr { handle: self.handle(ino), set })).and_then(attr_reply);
+        self.local_changes.fetch_add(1, Ordering::AcqRel);
+        match r {
+            Ok(a) => reply.attr(&NO_TTL, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -357,10 +472,11 @@ impl Filesystem for ShoalFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let handle = self.handle(ino);
-        match self.run(self.client.meta_as(&cred(req), MetaOp::Open { handle })) {
-            Ok(_) => {
+        match self.run(self.client.meta_as(&cred(req), MetaOp::Open { handle })).and_then(attr_reply) {
+            Ok(a) => {
+                let keep = self.keep_pages(ino.0, a.version);
                 let fh = self.new_fh(handle, flags.0 & libc::O_APPEND != 0);
-                reply.opened(fuser::FileHandle(fh), FopenFlags::empty());
+                reply.opened(fuser::FileHandle(fh), keep);
             }
             Err(e) => reply.error(e),
         }
@@ -383,8 +499,9 @@ impl Filesystem for ShoalFs {
         match r {
             Ok(a) => {
                 let attr = self.attr(&a);
+                self.page_versions.lock().expect("page versions").insert(a.handle.inode.0, a.version);
                 let fh = self.new_fh(a.handle, flags & libc::O_APPEND != 0);
-                reply.created(&TTL, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
+                reply.created(&NO_TTL, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),
         }
@@ -405,11 +522,14 @@ impl Filesystem for ShoalFs {
         if let Err(e) = self.flush_inode(ino.0) {
             return reply.error(e);
         }
-        let handle = match self.file(fh) {
-            Ok(f) => f.lock().expect("file").handle,
+        let file = match self.file(fh) {
+            Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        match self.run(self.client.read_range(handle, offset, size as u64)) {
+        let stamp = self.read_stamp();
+        let mut f = file.lock().expect("file");
+        let handle = f.handle;
+        match self.run(readahead::read(&self.client, handle, &mut f.reads, stamp, offset, size as u64)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -447,21 +567,18 @@ impl Filesystem for ShoalFs {
                 }
             }
         }
-        // Extend the buffered run, or send it and start a new one.
-        let needs_flush = {
-            let f = file.lock().expect("file");
-            match &f.buf {
-                Some(b) => b.offset + b.data.len() as u64 != offset || b.data.len() + data.len() > WRITE_BUFFER_MAX,
-                None => false,
-            }
-        };
-        if needs_flush {
-            if let Err(e) = self.flush_file(&file) {
-                return reply.error(e);
-            }
-        }
+        // Extend the buffered run, or put it and start a new one.
         {
             let mut f = file.lock().expect("file");
+            let needs_put = match &f.buf {
+                Some(b) => b.offset + b.data.len() as u64 != offset || b.data.len() + data.len() > WRITE_BUFFER_MAX,
+                None => false,
+            };
+            if needs_put {
+                if let Err(e) = self.put_buffer(&mut f) {
+                    return reply.error(e);
+                }
+            }
             match &mut f.buf {
                 Some(b) => b.data.extend_from_slice(data),
                 None => f.buf = Some(WriteBuf { offset, data: data.to_vec() }),
@@ -636,5 +753,14 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
         config.acl = fuser::SessionACL::All;
     }
     config.n_threads = Some(threads.max(1));
-    fuser::mount(ShoalFs::new(rt, client), mountpoint, &config)
+    let fs = ShoalFs::new(rt.clone(), client.clone());
+    let promises = fs.promises.clone();
+    let session = fuser::Session::new(fs, mountpoint, &config)?;
+    let notifier = session.notifier();
+    // Fault injection for tests: a mount whose callback channel is cut.
+    let ignore = std::env::var_os("SHOAL_TEST_CUT_CALLBACKS").is_some();
+    std::thread::Builder::new()
+        .name("callbacks".into())
+        .spawn(move || promises::callback_loop(rt, client, promises, notifier, ignore))?;
+    session.run()
 }

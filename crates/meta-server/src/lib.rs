@@ -10,6 +10,7 @@
 //! Architecture invariant: the only clock read here is the leader's, when it stamps a batch of
 //! commands before proposing it; replicas never read a clock while applying.
 
+pub mod callbacks;
 pub mod network;
 pub mod service;
 pub mod store;

@@ -1,5 +1,6 @@
 //! The metadata port's handler: client requests (reads and commands) and Raft messages.
 
+use crate::callbacks::Promises;
 use crate::store::{Batch, ReadKv};
 use crate::MetaRaft;
 use bytes::Bytes;
@@ -21,6 +22,8 @@ pub const BATCH_COMMANDS_MAX: usize = 512;
 pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// Commands waiting for a batch.
 pub const WRITE_QUEUE_MAX: usize = 8192;
+/// How long a poll of the callback channel waits for a callback before answering empty.
+pub const WATCH_WAIT: Duration = Duration::from_secs(1);
 
 type WriteWaiter = (CommandKind, oneshot::Sender<MetaResponse>);
 type ReadWaiter = oneshot::Sender<Result<(), FsError>>;
@@ -31,6 +34,7 @@ pub struct MetaService {
     params: Params,
     writes: mpsc::Sender<WriteWaiter>,
     reads: mpsc::Sender<ReadWaiter>,
+    promises: Promises,
 }
 
 fn now_ns() -> i64 {
@@ -48,7 +52,8 @@ impl MetaService {
         };
         tokio::spawn(write_batcher(raft.clone(), wrx));
         tokio::spawn(read_gate(raft.clone(), rrx));
-        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx })
+        let promises = Promises::new(Duration::from_millis(config.callback_lease_ms.max(1)));
+        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises })
     }
 
     /// Propose a command through the batcher and wait for its reply.
@@ -66,6 +71,60 @@ impl MetaService {
     }
 
     async fn read(&self, req: MetaRequest) -> MetaResponse {
+        // A watching session is promised what it looks up: what the request names now, the
+        // child it finds after the read (see `callbacks`).
+        let named = match &req.op {
+            MetaOp::Lookup { parent, .. } => Some(parent.inode),
+            MetaOp::GetAttr { handle } => Some(handle.inode),
+            _ => None,
+        };
+        let session = req.session;
+        let since = match named {
+            Some(ino) if session != SessionId(0) => self.promises.begin(session, &[ino], tokio::time::Instant::now()),
+            _ => None,
+        };
+        let is_lookup = matches!(req.op, MetaOp::Lookup { .. });
+        let reply = self.read_now(req).await?;
+        let Some(since) = since else { return Ok(reply) };
+        if is_lookup {
+            if let MetaReply::Attr(a) = &reply {
+                if !self.promises.grant_after(session, a.handle.inode, since, tokio::time::Instant::now()) {
+                    return Ok(reply);
+                }
+            }
+        }
+        Ok(MetaReply::Promised { lease_ms: self.promises.lease().as_millis() as u64, reply: Box::new(reply) })
+    }
+
+    /// A poll of the callback channel (on the leader only).
+    async fn watch(&self, session: SessionId, acks: &[u64]) -> MetaResponse {
+        if session == SessionId(0) {
+            return Err(FsError::Invalid("the callback channel needs a session".into()));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            return Err(FsError::NotLeader { leader_hint: m.current_leader.map(MetaNodeId) });
+        }
+        let (mut callbacks, wake) = self.promises.poll(session, acks, tokio::time::Instant::now());
+        if callbacks.is_empty() {
+            let _ = tokio::time::timeout(WATCH_WAIT, wake.notified()).await;
+            callbacks = self.promises.poll(session, &[], tokio::time::Instant::now()).0;
+        }
+        Ok(MetaReply::Callbacks { term: m.current_term, lease_ms: self.promises.lease().as_millis() as u64, callbacks })
+    }
+
+    /// Tell the holders of promises that a mutation broke, and wait until each acknowledged or
+    /// its lease ran out.
+    async fn call_back(&self, writer: SessionId, items: &[shoal_types::meta_msg::Invalidate]) {
+        let waits = self.promises.break_promises(writer, items, tokio::time::Instant::now());
+        for (rx, expiry) in waits {
+            if tokio::time::timeout_at(expiry, rx).await.is_err() {
+                tracing::debug!("a callback was not acknowledged within its lease");
+            }
+        }
+    }
+
+    async fn read_now(&self, req: MetaRequest) -> MetaResponse {
         self.read_barrier().await?;
         let db = self.db.clone();
         let is_status = matches!(req.op, MetaOp::Status);
@@ -108,11 +167,16 @@ impl MetaService {
         if matches!(req.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_)) && role != Some(Role::Store) {
             return Err(FsError::PermissionDenied);
         }
+        if let MetaOp::WatchCallbacks { acks } = &req.op {
+            return self.watch(req.session, acks).await;
+        }
         if req.op.is_read() {
             return self.read(req).await;
         }
         let is_heartbeat = matches!(req.op, MetaOp::StoreHeartbeat(_));
+        let (writer, invalidates) = (req.session, req.op.invalidates());
         let mut reply = self.propose(CommandKind::Request(req)).await?;
+        self.call_back(writer, &invalidates).await;
         if is_heartbeat {
             if let MetaReply::StoreOrders(orders) = &mut reply {
                 orders.term = Term(self.raft.metrics().borrow().current_term);
@@ -226,8 +290,10 @@ pub async fn housekeeping(service: Arc<MetaService>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         if !service.is_leader() {
+            service.promises.clear();
             continue;
         }
+        service.promises.forget_silent(tokio::time::Instant::now());
         let term = service.raft.metrics().borrow().current_term;
         if bootstrapped_term != Some(term) {
             match service.propose(CommandKind::Bootstrap(service.params.clone())).await {

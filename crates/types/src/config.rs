@@ -42,6 +42,9 @@ pub struct MetaConfig {
     pub store_dead_after_ms: u64,
     #[serde(default = "defaults::snapshot_every_entries")]
     pub snapshot_every_entries: u64,
+    /// How long a cache promise (callback) given to a client lasts.
+    #[serde(default = "defaults::callback_lease_ms")]
+    pub callback_lease_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,9 @@ pub mod defaults {
     }
     pub fn snapshot_every_entries() -> u64 {
         20_000
+    }
+    pub fn callback_lease_ms() -> u64 {
+        5_000
     }
     pub fn store_heartbeat_ms() -> u64 {
         1_000

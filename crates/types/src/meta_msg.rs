@@ -77,6 +77,10 @@ pub enum MetaOp {
     RemoveXattr { handle: FileHandle, name: String },
     GetXattr { handle: FileHandle, name: String },
     ListXattr { handle: FileHandle },
+    /// The callback channel (long poll, to the leader, never logged): acknowledge the callbacks
+    /// in `acks` (their invalidations are done) and wait briefly for new ones. A session that
+    /// polls gets cache promises on what it looks up (answers wrapped in [`MetaReply::Promised`]).
+    WatchCallbacks { acks: Vec<u64> },
 }
 
 /// Longest extended attribute value.
@@ -99,6 +103,7 @@ impl MetaOp {
                 | MetaOp::FragmentedChunks { .. }
                 | MetaOp::GetXattr { .. }
                 | MetaOp::ListXattr { .. }
+                | MetaOp::WatchCallbacks { .. }
         )
     }
 }
@@ -160,6 +165,57 @@ pub enum MetaReply {
     Fragmented(Vec<(FileHandle, ChunkIdx)>),
     XattrValue(Vec<u8>),
     XattrNames(Vec<String>),
+    /// Pending callbacks for the polling session. `term` names the leader that holds this
+    /// session's promises: when it changes, every promise from before is void.
+    Callbacks { term: u64, lease_ms: u64, callbacks: Vec<Callback> },
+    /// A read answer that comes with a cache promise: until `lease_ms` after the request was
+    /// sent, the session is told (by a callback) before anything it read here changes.
+    Promised { lease_ms: u64, reply: Box<MetaReply> },
+}
+
+/// One callback to one session: what it must drop from its caches, acknowledged by `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    pub id: u64,
+    pub items: Vec<Invalidate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Invalidate {
+    /// Attributes and data of an inode changed.
+    Inode(InodeId),
+    /// The entry `name` of directory `parent` changed (created, removed or renamed over), and
+    /// with it the directory's attributes.
+    Entry { parent: InodeId, name: String },
+}
+
+impl Invalidate {
+    /// The inode whose promise holders hear about this change.
+    pub fn inode(&self) -> InodeId {
+        match self {
+            Invalidate::Inode(i) => *i,
+            Invalidate::Entry { parent, .. } => *parent,
+        }
+    }
+}
+
+impl MetaOp {
+    /// What a mutation changes, as the holders of cache promises must hear it.
+    pub fn invalidates(&self) -> Vec<Invalidate> {
+        let entry = |p: &FileHandle, n: &String| Invalidate::Entry { parent: p.inode, name: n.clone() };
+        match self {
+            MetaOp::SetAttr { handle, .. } | MetaOp::Commit(Commit { handle, .. }) => vec![Invalidate::Inode(handle.inode)],
+            MetaOp::SetXattr { handle, .. } | MetaOp::RemoveXattr { handle, .. } => vec![Invalidate::Inode(handle.inode)],
+            MetaOp::Create { parent, name, .. }
+            | MetaOp::Mkdir { parent, name, .. }
+            | MetaOp::Symlink { parent, name, .. }
+            | MetaOp::Unlink { parent, name }
+            | MetaOp::Rmdir { parent, name } => vec![entry(parent, name)],
+            MetaOp::Link { handle, new_parent, new_name } => vec![Invalidate::Inode(handle.inode), entry(new_parent, new_name)],
+            MetaOp::Rename { parent, name, new_parent, new_name, .. } => vec![entry(parent, name), entry(new_parent, new_name)],
+            _ => Vec::new(),
+        }
+    }
 }
 
 pub type MetaResponse = Result<MetaReply, FsError>;

@@ -39,6 +39,11 @@ impl TestCluster {
 
     #[track_caller]
     pub fn must_shoal(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.must_shoal_bytes(args)).into_owned()
+    }
+
+    #[track_caller]
+    pub fn must_shoal_bytes(&self, args: &[&str]) -> Vec<u8> {
         let out = self.shoal(args);
         assert!(
             out.status.success(),
@@ -47,7 +52,7 @@ impl TestCluster {
             String::from_utf8_lossy(&out.stderr),
             self.logs_tail()
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out.stdout
     }
 
     pub fn logs_tail(&self) -> String {

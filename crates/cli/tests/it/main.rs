@@ -2,6 +2,7 @@
 
 mod harness;
 mod cli;
+mod consistency;
 mod faults;
 mod format;
 mod mount;

@@ -1,0 +1,209 @@
+//! Consistency between two mounts of one cluster (two `shoal mount` processes, as on two
+//! machines): close-to-open with the reader's cache primed, with and without the callback
+//! channel, concurrent writers, and a mount killed in the middle of a write.
+
+use crate::harness::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Rounds of close on one mount then open on the other, per kind of change.
+fn rounds(full: usize) -> usize {
+    if std::env::var_os("SHOAL_SMALL").is_some() {
+        full / 5
+    } else {
+        full
+    }
+}
+
+fn mount(c: &TestCluster, name: &str, envs: &[(&str, &str)]) -> PathBuf {
+    let mnt = c.file(name);
+    let out = Command::new(SHOAL).arg("--dir").arg(c.path()).arg("mount").arg(&mnt).envs(envs.iter().copied()).output().unwrap();
+    assert!(out.status.success(), "mount {name}: {}", String::from_utf8_lossy(&out.stderr));
+    mnt
+}
+
+/// What a change on mount A leaves in the file, applied through A; `content` is the expected
+/// file afterwards.
+fn change(a: &Path, round: usize, content: &mut Vec<u8>) {
+    let f = a.join("f");
+    match round % 3 {
+        0 => {
+            // In-place overwrite (same inode), with a length that changes from round to round.
+            *content = format!("overwrite {round} {}\n", "x".repeat(round % 97)).into_bytes();
+            std::fs::write(&f, &*content).unwrap();
+        }
+        1 => {
+            let line = format!("append {round}\n");
+            let mut h = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+            h.write_all(line.as_bytes()).unwrap();
+            content.extend_from_slice(line.as_bytes());
+        }
+        _ => {
+            // Save by rename, as editors do: a new inode replaces the name.
+            *content = format!("renamed over {round}\n").into_bytes();
+            let tmp = a.join(format!("f.tmp{round}"));
+            std::fs::write(&tmp, &*content).unwrap();
+            std::fs::rename(&tmp, &f).unwrap();
+        }
+    }
+}
+
+fn close_to_open(c: &TestCluster, b: &Path, a: &Path, n: usize) {
+    let mut content = b"first\n".to_vec();
+    std::fs::write(a.join("f"), &content).unwrap();
+    let mut stale = Vec::new();
+    for round in 0..n {
+        // Prime B's caches (entry, attributes, pages) with the current version.
+        assert_eq!(std::fs::read(b.join("f")).unwrap(), content, "round {round}: B before the change");
+        let _ = std::fs::metadata(b.join("f")).unwrap();
+        change(a, round, &mut content);
+        let seen = std::fs::read(b.join("f")).unwrap();
+        if seen != content {
+            stale.push((round, String::from_utf8_lossy(&seen).into_owned()));
+        }
+    }
+    assert!(stale.is_empty(), "{} of {n} opens on B after a close on A read stale bytes, first: {:?}\n{}", stale.len(), stale.first(), c.logs_tail());
+}
+
+#[test]
+fn close_to_open_across_two_mounts() {
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    close_to_open(&c, &b, &a, rounds(1000));
+}
+
+#[test]
+fn close_to_open_holds_when_the_callback_channel_is_cut() {
+    // B polls for callbacks but neither acknowledges nor carries them out: every change that
+    // breaks B's promises must wait for the lease (1 s here) instead.
+    let c = TestCluster::start_with(&["--callback-lease-ms", "1000"]);
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[("SHOAL_TEST_CUT_CALLBACKS", "1")]);
+    let started = std::time::Instant::now();
+    let n = rounds(30);
+    close_to_open(&c, &b, &a, n);
+    // The waits happened: at least one lease per round in which B held a promise.
+    assert!(started.elapsed() > std::time::Duration::from_millis(500 * n as u64), "the changes did not wait for B's leases");
+}
+
+#[test]
+fn concurrent_writers_last_close_wins_never_a_mix() {
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    const LEN: usize = 3 << 20;
+    for round in 0..rounds(20) as u64 {
+        let ours = [bytes(round * 2 + 1, LEN), bytes(round * 2 + 2, LEN)];
+        std::thread::scope(|s| {
+            for (mnt, data) in [(&a, &ours[0]), (&b, &ours[1])] {
+                s.spawn(move || {
+                    // Written in many small pieces, so a close-time commit is the only one.
+                    let mut h = std::fs::File::create(mnt.join("shared")).unwrap();
+                    for piece in data.chunks(64 << 10) {
+                        h.write_all(piece).unwrap();
+                    }
+                });
+            }
+        });
+        let on_a = std::fs::read(a.join("shared")).unwrap();
+        let on_b = std::fs::read(b.join("shared")).unwrap();
+        assert!(on_a == ours[0] || on_a == ours[1], "round {round}: A reads a mix of two versions");
+        assert!(on_a == on_b, "round {round}: the two mounts disagree");
+    }
+}
+
+#[test]
+fn a_mount_killed_mid_write_leaves_the_old_or_the_new_version() {
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let old = bytes(1, 8 << 20);
+    std::fs::write(a.join("f"), &old).unwrap();
+    // A writer that puts well past one write buffer, killed (with its mount) before it closes.
+    let new = bytes(2, 160 << 20);
+    let src = c.file("new");
+    std::fs::write(&src, &new).unwrap();
+    let mut dd = Command::new("dd")
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", a.join("f").display()))
+        .args(["bs=1M", "conv=notrunc"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let pid_file = c.path().join("pids").join(format!("mount-{}.pid", a.to_string_lossy().trim_matches('/').replace('/', "_")));
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = dd.wait();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got = c.must_shoal_bytes(&["cat", "/f"]);
+    assert!(got == old || got == new, "a killed writer left a torn file ({} bytes)", got.len());
+    // Remounting the dead mount point works.
+    let a = mount(&c, "a", &[]);
+    assert_eq!(std::fs::read(a.join("f")).unwrap(), got);
+}
+
+/// Every regular file under `root`: relative path -> [sha256, size], as the stress workers print.
+fn walk(root: &Path) -> serde_json::Value {
+    let script = r#"
+import hashlib, json, os, sys
+root = sys.argv[1]
+out = {}
+for d, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(d, f)
+        b = open(p, 'rb').read()
+        out[os.path.relpath(p, root)] = [hashlib.sha256(b).hexdigest(), len(b)]
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(root).output().unwrap();
+    assert!(out.status.success(), "walk: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn four_processes_stress_one_tree_and_a_walk_matches_their_model() {
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    let root = a.join("tree");
+    for d in 0..8 {
+        std::fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/stress/tree_ops.py");
+    let ops = rounds(600).to_string();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            Command::new("python3")
+                .arg(&script)
+                .arg(&root)
+                .arg(w.to_string())
+                .arg(&ops)
+                .arg("7")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut model = serde_json::Map::new();
+    for (w, child) in workers.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "worker {w}: {}\n{}", String::from_utf8_lossy(&out.stderr), c.logs_tail());
+        let part: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        model.extend(part.as_object().unwrap().clone());
+    }
+    assert!(model.len() > 20, "the workers left too few files to check ({})", model.len());
+    let model = serde_json::Value::Object(model);
+    for (name, mnt) in [("the writers' mount", &a), ("another mount", &b)] {
+        let seen = walk(&mnt.join("tree"));
+        if seen != model {
+            let (m, s) = (model.as_object().unwrap(), seen.as_object().unwrap());
+            let missing: Vec<_> = m.keys().filter(|k| !s.contains_key(*k)).take(5).collect();
+            let extra: Vec<_> = s.keys().filter(|k| !m.contains_key(*k)).take(5).collect();
+            let differ: Vec<_> = m.keys().filter(|k| s.get(*k).is_some_and(|v| v != &m[*k])).take(5).collect();
+            panic!("walk on {name} differs from the model: missing {missing:?}, extra {extra:?}, different {differ:?}");
+        }
+    }
+}

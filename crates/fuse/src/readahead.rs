@@ -1,0 +1,193 @@
+//! The read path of one open file: the file's layout is fetched once and kept until a callback
+//! or a commit from this mount may have changed it, and a sequential reader gets read-ahead
+//! that doubles with the stream (up to [`READAHEAD_MAX`]) and is fetched in the background
+//! while the kernel consumes what came before.
+
+use bytes::{Bytes, BytesMut};
+use shoal_client::Client;
+use shoal_types::layout::CHUNK_SIZE;
+use shoal_types::meta_msg::{Layout, MetaOp, MetaReply};
+use shoal_types::*;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// First read-ahead window of a sequential stream.
+pub const READAHEAD_MIN: u64 = 1 << 20;
+/// Largest read-ahead window (memory per open file being streamed: about twice this).
+pub const READAHEAD_MAX: u64 = 16 << 20;
+/// Chunks of layout asked for at once (1 GiB of file).
+const LAYOUT_CHUNKS: u64 = 16;
+
+/// What may have changed since a cache was filled: (callback generation, commits of this mount).
+pub type Stamp = (u64, u64);
+
+struct CachedLayout {
+    first: u64,
+    end: u64,
+    layout: Arc<Layout>,
+}
+
+struct Prefetch {
+    offset: u64,
+    task: JoinHandle<FsResult<Bytes>>,
+}
+
+#[derive(Default)]
+pub struct ReadState {
+    stamp: Stamp,
+    layout: Option<CachedLayout>,
+    buf_offset: u64,
+    buf: Bytes,
+    next: u64,
+    window: u64,
+    prefetch: Option<Prefetch>,
+}
+
+impl Drop for ReadState {
+    fn drop(&mut self) {
+        if let Some(p) = self.prefetch.take() {
+            p.task.abort();
+        }
+    }
+}
+
+impl ReadState {
+    fn reset(&mut self, stamp: Stamp) {
+        if let Some(p) = self.prefetch.take() {
+            p.task.abort();
+        }
+        self.stamp = stamp;
+        self.layout = None;
+        self.buf = Bytes::new();
+        self.buf_offset = 0;
+        self.window = 0;
+    }
+
+    fn buffered(&self, offset: u64, len: u64) -> Option<Bytes> {
+        let end = self.buf_offset + self.buf.len() as u64;
+        if offset < self.buf_offset || offset >= end {
+            return None;
+        }
+        let start = (offset - self.buf_offset) as usize;
+        let stop = (offset + len).min(end) - self.buf_offset;
+        Some(self.buf.slice(start..stop as usize))
+    }
+
+    fn file_size(&self) -> Option<u64> {
+        self.layout.as_ref().map(|l| l.layout.attr.size)
+    }
+}
+
+async fn layout_for(client: &Client, handle: FileHandle, first: u64, n: u64) -> FsResult<Layout> {
+    match client.meta(MetaOp::GetLayout { handle, first_chunk: first, n_chunks: n }).await? {
+        MetaReply::Layout(l) => Ok(l),
+        other => Err(FsError::Protocol(format!("expected a layout, got {other:?}"))),
+    }
+}
+
+/// A layout covering `[offset, offset + len)`, from the cache or fetched.
+async fn covering(client: &Client, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64) -> FsResult<Arc<Layout>> {
+    let first = offset / CHUNK_SIZE;
+    let last = (offset + len.max(1) - 1) / CHUNK_SIZE;
+    if let Some(c) = &st.layout {
+        if c.first <= first && last < c.end {
+            return Ok(c.layout.clone());
+        }
+    }
+    let n = (last - first + 1).max(LAYOUT_CHUNKS);
+    let layout = Arc::new(layout_for(client, handle, first, n).await?);
+    st.layout = Some(CachedLayout { first, end: first + n, layout: layout.clone() });
+    Ok(layout)
+}
+
+async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64) -> FsResult<Bytes> {
+    let mut segments = client.read_segments(layout, offset, len).await?;
+    if segments.len() == 1 {
+        return Ok(segments.pop().expect("one segment"));
+    }
+    let mut out = BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
+    for s in &segments {
+        out.extend_from_slice(s);
+    }
+    Ok(out.freeze())
+}
+
+/// Refill the buffer at `offset` with at least `len` bytes (fewer at the end of the file): from
+/// the read-ahead when it starts there, else fetched now.
+async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64) -> FsResult<()> {
+    let prefetched = match st.prefetch.take() {
+        Some(p) if p.offset == offset => p.task.await.map_err(|e| FsError::Internal(e.to_string()))?.ok(),
+        Some(p) => {
+            p.task.abort();
+            None
+        }
+        None => None,
+    };
+    let buf = match prefetched {
+        Some(b) if b.len() as u64 >= len || st.file_size().is_some_and(|s| offset + b.len() as u64 >= s) => b,
+        _ => {
+            let attempt = match covering(client, handle, st, offset, len).await {
+                Ok(layout) => fetch(client, &layout, offset, len).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(b) => b,
+                // The layout may be older than a garbage collection: fetch it again.
+                Err(FsError::BlobNotFound | FsError::Corrupt(_)) => {
+                    st.layout = None;
+                    let layout = covering(client, handle, st, offset, len).await?;
+                    fetch(client, &layout, offset, len).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    st.buf_offset = offset;
+    st.buf = buf;
+    Ok(())
+}
+
+/// Read `[offset, offset + size)` of an open file: all of it, or up to the end of the file (the
+/// kernel takes a short read for the end).
+pub async fn read(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, stamp: Stamp, offset: u64, size: u64) -> FsResult<Bytes> {
+    if st.stamp != stamp {
+        st.reset(stamp);
+    }
+    let sequential = offset == st.next;
+    st.window = if sequential { (st.window * 2).clamp(READAHEAD_MIN, READAHEAD_MAX) } else { 0 };
+    st.next = offset + size;
+    let end = offset + size;
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        if let Some(d) = st.buffered(pos, end - pos).filter(|d| !d.is_empty()) {
+            pos += d.len() as u64;
+            parts.push(d);
+            continue;
+        }
+        refill(client, handle, st, pos, (end - pos).max(st.window)).await?;
+        if st.buf.is_empty() {
+            break; // The end of the file.
+        }
+    }
+    // Start fetching the next window while the kernel consumes this one.
+    let buf_end = st.buf_offset + st.buf.len() as u64;
+    let want_more = st.window > 0 && st.prefetch.is_none() && buf_end.saturating_sub(end) <= st.window / 2;
+    if want_more && st.file_size().is_some_and(|s| buf_end < s) {
+        let layout = covering(client, handle, st, buf_end, st.window).await?;
+        let (client, len) = (client.clone(), st.window);
+        let task = tokio::spawn(async move { fetch(&client, &layout, buf_end, len).await });
+        st.prefetch = Some(Prefetch { offset: buf_end, task });
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                out.extend_from_slice(p);
+            }
+            out.freeze()
+        }
+    })
+}

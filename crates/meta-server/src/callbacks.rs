@@ -1,0 +1,312 @@
+//! Cache promises and callbacks (AFS style), kept in the leader's memory.
+//!
+//! A session that polls the callback channel ([`MetaOp::WatchCallbacks`]) is a *watcher*. When a
+//! watcher looks an inode up, the leader records a promise on it (and on the directory looked
+//! in) that lasts one lease. A mutation that changes a promised inode breaks the promise: the
+//! holder is sent a callback, and the mutation's reply waits until the holder acknowledged it or
+//! its lease ran out, so a client that opens a file after another client's close never reads
+//! from a cache the close made stale, even when a callback is lost.
+//!
+//! Ordering against reads: a promise on what a read names is recorded before the read runs, so a
+//! mutation either is seen by the read or finds the promise. What the read only discovers (the
+//! child of a lookup) is promised afterwards, unless a mutation touched it since the read began
+//! ([`Promises::begin`] and the break counters).
+//!
+//! Time is an argument everywhere, so this module is tested without a clock.
+
+use shoal_types::meta_msg::{Callback, Invalidate};
+use shoal_types::{InodeId, SessionId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+/// Counters of breaks, striped by inode: a read that began at counter `c` may promise an inode
+/// only if its stripe did not move past `c`.
+const STRIPES: usize = 4096;
+/// Promises held per session at most; beyond it, reads are answered without a promise.
+pub const PROMISES_PER_SESSION_MAX: usize = 1 << 20;
+
+/// A mutation waits for these: one per holder whose promise it broke, with that holder's expiry.
+pub type AckWait = (oneshot::Receiver<()>, Instant);
+
+pub struct Promises {
+    lease: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    holders: HashMap<InodeId, HashMap<SessionId, Instant>>,
+    watchers: HashMap<SessionId, Watcher>,
+    next_callback: u64,
+    breaks: u64,
+    stripes: Vec<u64>,
+    grants_since_sweep: u64,
+}
+
+struct Watcher {
+    queue: Vec<Callback>,
+    unacked: HashMap<u64, oneshot::Sender<()>>,
+    wake: Arc<Notify>,
+    last_poll: Instant,
+    promises: usize,
+}
+
+fn stripe(ino: InodeId) -> usize {
+    (ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % STRIPES
+}
+
+impl Promises {
+    pub fn new(lease: Duration) -> Promises {
+        Promises {
+            lease,
+            state: Mutex::new(State {
+                holders: HashMap::new(),
+                watchers: HashMap::new(),
+                next_callback: 1,
+                breaks: 0,
+                stripes: vec![0; STRIPES],
+                grants_since_sweep: 0,
+            }),
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("promises lock")
+    }
+
+    /// Start a read for `session`: promise `inodes` now (before the read runs). Returns the
+    /// counter to pass to [`Promises::grant_after`], or `None` when the session does not watch
+    /// (or holds too many promises) and gets no promise.
+    pub fn begin(&self, session: SessionId, inodes: &[InodeId], now: Instant) -> Option<u64> {
+        let mut st = self.lock();
+        let watcher = st.watchers.get(&session)?;
+        if now.duration_since(watcher.last_poll) > self.lease || watcher.promises >= PROMISES_PER_SESSION_MAX {
+            return None;
+        }
+        let at = st.breaks;
+        for &ino in inodes {
+            st.grant(session, ino, now + self.lease);
+        }
+        st.sweep_now_and_then(now);
+        Some(at)
+    }
+
+    /// Promise `ino`, found by a read that began at `since`, unless a mutation touched it since.
+    pub fn grant_after(&self, session: SessionId, ino: InodeId, since: u64, now: Instant) -> bool {
+        let mut st = self.lock();
+        if st.stripes[stripe(ino)] > since || !st.watchers.contains_key(&session) {
+            return false;
+        }
+        st.grant(session, ino, now + self.lease);
+        true
+    }
+
+    /// A mutation by `writer` changed what `items` name: break the promises of every other
+    /// holder and return what to wait for.
+    pub fn break_promises(&self, writer: SessionId, items: &[Invalidate], now: Instant) -> Vec<AckWait> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let mut st = self.lock();
+        st.breaks += 1;
+        let counter = st.breaks;
+        let mut per_holder: HashMap<SessionId, (Vec<Invalidate>, Instant)> = HashMap::new();
+        for item in items {
+            let ino = item.inode();
+            st.stripes[stripe(ino)] = counter;
+            let Some(holders) = st.holders.get_mut(&ino) else { continue };
+            let broken: Vec<(SessionId, Instant)> =
+                holders.iter().filter(|(s, exp)| **s != writer && **exp > now).map(|(s, e)| (*s, *e)).collect();
+            holders.retain(|s, _| *s == writer);
+            if holders.is_empty() {
+                st.holders.remove(&ino);
+            }
+            for (s, exp) in broken {
+                let e = per_holder.entry(s).or_insert_with(|| (Vec::new(), exp));
+                e.0.push(item.clone());
+                e.1 = e.1.max(exp);
+            }
+        }
+        let mut waits = Vec::new();
+        for (session, (items, expiry)) in per_holder {
+            let id = st.next_callback;
+            st.next_callback += 1;
+            let Some(w) = st.watchers.get_mut(&session) else { continue };
+            w.promises = w.promises.saturating_sub(items.len());
+            let (tx, rx) = oneshot::channel();
+            w.queue.push(Callback { id, items });
+            w.unacked.insert(id, tx);
+            w.wake.notify_one();
+            waits.push((rx, expiry));
+        }
+        waits
+    }
+
+    /// A poll of the callback channel: take the acknowledgements, return what is queued (maybe
+    /// nothing) and what to wait on when nothing is.
+    pub fn poll(&self, session: SessionId, acks: &[u64], now: Instant) -> (Vec<Callback>, Arc<Notify>) {
+        let mut st = self.lock();
+        let w = st.watchers.entry(session).or_insert_with(|| Watcher {
+            queue: Vec::new(),
+            unacked: HashMap::new(),
+            wake: Arc::new(Notify::new()),
+            last_poll: now,
+            promises: 0,
+        });
+        w.last_poll = now;
+        for id in acks {
+            if let Some(tx) = w.unacked.remove(id) {
+                let _ = tx.send(());
+            }
+        }
+        (std::mem::take(&mut w.queue), w.wake.clone())
+    }
+
+    /// Forget every promise and watcher (this node is no longer the leader).
+    pub fn clear(&self) {
+        let mut st = self.lock();
+        st.holders.clear();
+        st.watchers.clear();
+    }
+
+    #[cfg(test)]
+    fn holders_of(&self, ino: InodeId) -> usize {
+        self.lock().holders.get(&ino).map_or(0, HashMap::len)
+    }
+}
+
+impl State {
+    fn grant(&mut self, session: SessionId, ino: InodeId, expiry: Instant) {
+        let fresh = self.holders.entry(ino).or_default().insert(session, expiry).is_none();
+        if fresh {
+            if let Some(w) = self.watchers.get_mut(&session) {
+                w.promises += 1;
+            }
+        }
+        self.grants_since_sweep += 1;
+    }
+
+    /// Drop expired promises and watchers that stopped polling, every so many grants.
+    fn sweep_now_and_then(&mut self, now: Instant) {
+        if self.grants_since_sweep < 4096 {
+            return;
+        }
+        self.grants_since_sweep = 0;
+        let mut lost: HashMap<SessionId, usize> = HashMap::new();
+        self.holders.retain(|_, hs| {
+            hs.retain(|s, exp| {
+                let keep = *exp > now;
+                if !keep {
+                    *lost.entry(*s).or_default() += 1;
+                }
+                keep
+            });
+            !hs.is_empty()
+        });
+        for (s, n) in lost {
+            if let Some(w) = self.watchers.get_mut(&s) {
+                w.promises = w.promises.saturating_sub(n);
+            }
+        }
+    }
+}
+
+/// Watchers silent for this many leases are forgotten.
+pub fn watcher_expired(last_poll: Instant, lease: Duration, now: Instant) -> bool {
+    now.duration_since(last_poll) > lease * 4
+}
+
+impl Promises {
+    /// Forget watchers that stopped polling (their promises stay until they expire).
+    pub fn forget_silent(&self, now: Instant) {
+        let lease = self.lease;
+        self.lock().watchers.retain(|_, w| !watcher_expired(w.last_poll, lease, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: SessionId = SessionId(1);
+    const B: SessionId = SessionId(2);
+
+    fn p() -> Promises {
+        Promises::new(Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn a_non_watcher_gets_no_promise() {
+        let p = p();
+        let now = Instant::now();
+        assert_eq!(p.begin(A, &[InodeId(5)], now), None);
+        assert!(p.break_promises(B, &[Invalidate::Inode(InodeId(5))], now).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_break_queues_a_callback_and_the_ack_releases_the_writer() {
+        let p = p();
+        let now = Instant::now();
+        p.poll(A, &[], now);
+        assert!(p.begin(A, &[InodeId(5)], now).is_some());
+        let waits = p.break_promises(B, &[Invalidate::Inode(InodeId(5))], now);
+        assert_eq!(waits.len(), 1);
+        assert_eq!(p.holders_of(InodeId(5)), 0, "a broken promise is gone");
+        let (cbs, _) = p.poll(A, &[], now);
+        assert_eq!(cbs.len(), 1);
+        assert_eq!(cbs[0].items, vec![Invalidate::Inode(InodeId(5))]);
+        let (mut rx, expiry) = waits.into_iter().next().unwrap();
+        assert_eq!(expiry, now + Duration::from_secs(5));
+        assert!(rx.try_recv().is_err(), "not acknowledged yet");
+        p.poll(A, &[cbs[0].id], now);
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_writer_does_not_call_itself_back_and_expired_promises_need_no_wait() {
+        let p = p();
+        let now = Instant::now();
+        p.poll(A, &[], now);
+        p.poll(B, &[], now);
+        p.begin(A, &[InodeId(5)], now);
+        p.begin(B, &[InodeId(7)], now);
+        assert!(p.break_promises(A, &[Invalidate::Inode(InodeId(5))], now).is_empty());
+        let later = now + Duration::from_secs(6);
+        assert!(p.break_promises(A, &[Invalidate::Inode(InodeId(7))], later).is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_reach_the_holders_of_the_directory_in_one_callback() {
+        let p = p();
+        let now = Instant::now();
+        p.poll(A, &[], now);
+        p.begin(A, &[InodeId(1), InodeId(9)], now);
+        let items = vec![
+            Invalidate::Entry { parent: InodeId(1), name: "x".into() },
+            Invalidate::Entry { parent: InodeId(9), name: "y".into() },
+        ];
+        assert_eq!(p.break_promises(B, &items, now).len(), 1);
+        let (cbs, _) = p.poll(A, &[], now);
+        assert_eq!(cbs.len(), 1);
+        assert_eq!(cbs[0].items, items);
+    }
+
+    #[tokio::test]
+    async fn a_child_touched_during_the_read_is_not_promised() {
+        let p = p();
+        let now = Instant::now();
+        p.poll(A, &[], now);
+        let at = p.begin(A, &[InodeId(1)], now).unwrap();
+        p.break_promises(B, &[Invalidate::Inode(InodeId(42))], now);
+        assert!(!p.grant_after(A, InodeId(42), at, now));
+        let at = p.begin(A, &[InodeId(1)], now).unwrap();
+        assert!(p.grant_after(A, InodeId(42), at, now));
+        assert_eq!(p.holders_of(InodeId(42)), 1);
+    }
+}
