@@ -169,12 +169,13 @@ impl Client {
     ///
     /// One attempt only: any failure means contact with the leader is lost, and the caller must
     /// stop trusting its promises before polling again (the next poll follows the leader hint).
-    pub async fn watch(&self, acks: Vec<u64>) -> FsResult<(u64, Duration, Vec<Callback>)> {
+    /// `term`: the term of the promises still held (0 after dropping them all).
+    pub async fn watch(&self, acks: Vec<u64>, term: u64) -> FsResult<(u64, Duration, Vec<Callback>)> {
         let req = MetaWireReq::Client(MetaRequest {
             session: self.session,
             seq: 0,
             cred: self.cred.clone(),
-            op: MetaOp::WatchCallbacks { acks },
+            op: MetaOp::WatchCallbacks { acks, term },
         });
         let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();
         let rpc = &self.meta[idx].1;

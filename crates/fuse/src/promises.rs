@@ -128,7 +128,8 @@ pub fn callback_loop(rt: tokio::runtime::Handle, client: Arc<Client>, promises: 
     let mut acks = Vec::new();
     let mut term = None;
     loop {
-        match rt.block_on(client.watch(std::mem::take(&mut acks))) {
+        // A poll tells the leader the term of the promises still held; after a drop, none.
+        match rt.block_on(client.watch(std::mem::take(&mut acks), term.unwrap_or(0))) {
             Ok((t, _lease, callbacks)) => {
                 if term.is_some_and(|old| old != t) {
                     tracing::info!(term = t, "the metadata leader changed: dropping cached entries and attributes");

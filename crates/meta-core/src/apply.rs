@@ -12,6 +12,7 @@ use shoal_types::*;
 
 pub(crate) const COUNTERS_KEY: &[u8] = b"counters";
 pub(crate) const PARAMS_KEY: &[u8] = b"params";
+pub(crate) const PROMISE_HORIZON_KEY: &[u8] = b"promise_horizon";
 
 /// Apply one log entry and return the reply for its proposer.
 pub fn apply<K: Kv>(kv: &mut K, cmd: &Command) -> MetaResponse {
@@ -33,6 +34,10 @@ pub fn apply<K: Kv>(kv: &mut K, cmd: &Command) -> MetaResponse {
         (CommandKind::Bootstrap(_), Some(_)) => Ok(MetaReply::Ok),
         (_, None) => Err(FsError::Unavailable("cluster not bootstrapped".into())),
         (CommandKind::Tick, Some(_)) => sm.tick(),
+        (CommandKind::PromiseHorizon(h), Some(_)) => {
+            store(sm.kv, Table::Meta, PROMISE_HORIZON_KEY, h);
+            Ok(MetaReply::Ok)
+        }
         (CommandKind::Request(req), Some(_)) => sm.request(req),
     };
     let counters = sm.counters.clone();

@@ -37,6 +37,21 @@ pub enum CommandKind {
     Request(MetaRequest),
     /// Periodic housekeeping: expire sessions and intents, declare silent servers failed.
     Tick,
+    /// (Added after format 1.) The leader's record of the cache promises it may have given:
+    /// none lasts past `until`, and only `watchers` hold any. A new leader waits for these
+    /// sessions to come back to it (or for `until`) before a change may skip their callbacks.
+    PromiseHorizon(PromiseHorizon),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromiseHorizon {
+    pub until: TimeNs,
+    pub watchers: Vec<shoal_types::SessionId>,
+}
+
+/// The last promise horizon recorded in the log, if any.
+pub fn promise_horizon(kv: &impl kv::KvRead) -> Option<PromiseHorizon> {
+    apply::load(kv, kv::Table::Meta, apply::PROMISE_HORIZON_KEY)
 }
 
 /// Cluster parameters, fixed at bootstrap so that every replica applies the same rules.

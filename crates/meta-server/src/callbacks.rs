@@ -12,11 +12,16 @@
 //! child of a lookup) is promised afterwards, unless a mutation touched it since the read began
 //! ([`Promises::begin`] and the break counters).
 //!
+//! Across leader changes: a leader gives promises only to watchers named in a *promise horizon*
+//! it recorded in the log, and only while that horizon covers them. A new leader reads the last
+//! horizon and, before a change may skip callbacks, waits until each watcher named there has
+//! polled it (a mount drops its promises before it polls a new leader) or the horizon passed.
+//!
 //! Time is an argument everywhere, so this module is tested without a clock.
 
 use shoal_types::meta_msg::{Callback, Invalidate};
 use shoal_types::{InodeId, SessionId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -43,6 +48,17 @@ struct State {
     breaks: u64,
     stripes: Vec<u64>,
     grants_since_sweep: u64,
+    /// The horizon this leader recorded: promises end before `until`, only to these watchers.
+    recorded: Option<(Instant, HashSet<SessionId>)>,
+    /// Promises a previous leader may have given, for the term this node leads.
+    inherited: Option<Inherited>,
+}
+
+struct Inherited {
+    term: u64,
+    waiting: HashSet<SessionId>,
+    until: Instant,
+    done: Arc<Notify>,
 }
 
 struct Watcher {
@@ -68,6 +84,8 @@ impl Promises {
                 breaks: 0,
                 stripes: vec![0; STRIPES],
                 grants_since_sweep: 0,
+                recorded: None,
+                inherited: None,
             }),
         }
     }
@@ -87,6 +105,10 @@ impl Promises {
         let mut st = self.lock();
         let watcher = st.watchers.get(&session)?;
         if now.duration_since(watcher.last_poll) > self.lease || watcher.promises >= PROMISES_PER_SESSION_MAX {
+            return None;
+        }
+        let covered = st.recorded.as_ref().is_some_and(|(until, who)| *until >= now + self.lease && who.contains(&session));
+        if !covered {
             return None;
         }
         let at = st.breaks;
@@ -149,9 +171,17 @@ impl Promises {
     }
 
     /// A poll of the callback channel: take the acknowledgements, return what is queued (maybe
-    /// nothing) and what to wait on when nothing is.
-    pub fn poll(&self, session: SessionId, acks: &[u64], now: Instant) -> (Vec<Callback>, Arc<Notify>) {
+    /// nothing) and what to wait on when nothing is. `fresh`: the session holds no promise from
+    /// another leader (it dropped them, or never had any).
+    pub fn poll(&self, session: SessionId, acks: &[u64], fresh: bool, now: Instant) -> (Vec<Callback>, Arc<Notify>) {
         let mut st = self.lock();
+        if fresh {
+            if let Some(inh) = &mut st.inherited {
+                if inh.waiting.remove(&session) && inh.waiting.is_empty() {
+                    inh.done.notify_waiters();
+                }
+            }
+        }
         let w = st.watchers.entry(session).or_insert_with(|| Watcher {
             queue: Vec::new(),
             unacked: HashMap::new(),
@@ -173,6 +203,51 @@ impl Promises {
         let mut st = self.lock();
         st.holders.clear();
         st.watchers.clear();
+        st.recorded = None;
+        st.inherited = None;
+    }
+
+    /// The term whose inherited promises are known, if any.
+    pub fn inherited_term(&self) -> Option<u64> {
+        self.lock().inherited.as_ref().map(|i| i.term)
+    }
+
+    /// Take over the promises of earlier leaders as their last horizon describes them
+    /// (`until_in`: how long from `now` until that horizon ends).
+    pub fn inherit(&self, term: u64, watchers: Vec<SessionId>, until_in: Duration, now: Instant) {
+        let mut st = self.lock();
+        if st.inherited.as_ref().is_some_and(|i| i.term == term) {
+            return;
+        }
+        st.inherited = Some(Inherited { term, waiting: watchers.into_iter().collect(), until: now + until_in, done: Arc::new(Notify::new()) });
+    }
+
+    /// What a change must wait for before it may skip callbacks to earlier leaders' watchers.
+    pub fn inherited_wait(&self, now: Instant) -> Option<(Arc<Notify>, Instant)> {
+        let st = self.lock();
+        let inh = st.inherited.as_ref()?;
+        (!inh.waiting.is_empty() && inh.until > now).then(|| (inh.done.clone(), inh.until))
+    }
+
+    /// Whether a new horizon should be recorded: watchers exist that the recorded one does not
+    /// name, or it ends within `margin` of the lease. Returns who the next one names.
+    pub fn horizon_due(&self, now: Instant, margin: Duration) -> Option<Vec<SessionId>> {
+        let st = self.lock();
+        if st.watchers.is_empty() {
+            return None;
+        }
+        let due = match &st.recorded {
+            None => true,
+            Some((until, who)) => *until < now + self.lease + margin || st.watchers.keys().any(|s| !who.contains(s)),
+        };
+        let mut who: Vec<SessionId> = st.watchers.keys().copied().collect();
+        who.sort();
+        due.then_some(who)
+    }
+
+    /// A horizon was committed to the log.
+    pub fn horizon_recorded(&self, until: Instant, watchers: Vec<SessionId>) {
+        self.lock().recorded = Some((until, watchers.into_iter().collect()));
     }
 
     #[cfg(test)]
@@ -241,6 +316,11 @@ mod tests {
         Promises::new(Duration::from_secs(5))
     }
 
+    /// Record a horizon naming A and B, as the leader does before it promises anything.
+    fn covered(p: &Promises, now: Instant) {
+        p.horizon_recorded(now + Duration::from_secs(6), vec![A, B]);
+    }
+
     #[tokio::test]
     async fn a_non_watcher_gets_no_promise() {
         let p = p();
@@ -253,18 +333,19 @@ mod tests {
     async fn a_break_queues_a_callback_and_the_ack_releases_the_writer() {
         let p = p();
         let now = Instant::now();
-        p.poll(A, &[], now);
+        covered(&p, now);
+        p.poll(A, &[], true, now);
         assert!(p.begin(A, &[InodeId(5)], now).is_some());
         let waits = p.break_promises(B, &[Invalidate::Inode(InodeId(5))], now);
         assert_eq!(waits.len(), 1);
         assert_eq!(p.holders_of(InodeId(5)), 0, "a broken promise is gone");
-        let (cbs, _) = p.poll(A, &[], now);
+        let (cbs, _) = p.poll(A, &[], true, now);
         assert_eq!(cbs.len(), 1);
         assert_eq!(cbs[0].items, vec![Invalidate::Inode(InodeId(5))]);
         let (mut rx, expiry) = waits.into_iter().next().unwrap();
         assert_eq!(expiry, now + Duration::from_secs(5));
         assert!(rx.try_recv().is_err(), "not acknowledged yet");
-        p.poll(A, &[cbs[0].id], now);
+        p.poll(A, &[cbs[0].id], true, now);
         assert!(rx.try_recv().is_ok());
     }
 
@@ -272,8 +353,9 @@ mod tests {
     async fn the_writer_does_not_call_itself_back_and_expired_promises_need_no_wait() {
         let p = p();
         let now = Instant::now();
-        p.poll(A, &[], now);
-        p.poll(B, &[], now);
+        covered(&p, now);
+        p.poll(A, &[], true, now);
+        p.poll(B, &[], true, now);
         p.begin(A, &[InodeId(5)], now);
         p.begin(B, &[InodeId(7)], now);
         assert!(p.break_promises(A, &[Invalidate::Inode(InodeId(5))], now).is_empty());
@@ -285,14 +367,15 @@ mod tests {
     async fn entries_reach_the_holders_of_the_directory_in_one_callback() {
         let p = p();
         let now = Instant::now();
-        p.poll(A, &[], now);
+        covered(&p, now);
+        p.poll(A, &[], true, now);
         p.begin(A, &[InodeId(1), InodeId(9)], now);
         let items = vec![
             Invalidate::Entry { parent: InodeId(1), name: "x".into() },
             Invalidate::Entry { parent: InodeId(9), name: "y".into() },
         ];
         assert_eq!(p.break_promises(B, &items, now).len(), 1);
-        let (cbs, _) = p.poll(A, &[], now);
+        let (cbs, _) = p.poll(A, &[], true, now);
         assert_eq!(cbs.len(), 1);
         assert_eq!(cbs[0].items, items);
     }
@@ -301,12 +384,48 @@ mod tests {
     async fn a_child_touched_during_the_read_is_not_promised() {
         let p = p();
         let now = Instant::now();
-        p.poll(A, &[], now);
+        covered(&p, now);
+        p.poll(A, &[], true, now);
         let at = p.begin(A, &[InodeId(1)], now).unwrap();
         p.break_promises(B, &[Invalidate::Inode(InodeId(42))], now);
         assert!(!p.grant_after(A, InodeId(42), at, now));
         let at = p.begin(A, &[InodeId(1)], now).unwrap();
         assert!(p.grant_after(A, InodeId(42), at, now));
         assert_eq!(p.holders_of(InodeId(42)), 1);
+    }
+
+    #[tokio::test]
+    async fn no_promise_without_a_horizon_naming_the_watcher() {
+        let p = p();
+        let now = Instant::now();
+        p.poll(A, &[], true, now);
+        assert_eq!(p.begin(A, &[InodeId(1)], now), None, "no horizon recorded yet");
+        assert_eq!(p.horizon_due(now, Duration::from_millis(500)), Some(vec![A]));
+        p.horizon_recorded(now + Duration::from_secs(6), vec![B]);
+        assert_eq!(p.begin(A, &[InodeId(1)], now), None, "the horizon does not name A");
+        p.horizon_recorded(now + Duration::from_secs(6), vec![A]);
+        assert!(p.begin(A, &[InodeId(1)], now).is_some());
+        assert_eq!(p.horizon_due(now, Duration::from_millis(500)), None);
+        assert!(p.horizon_due(now + Duration::from_millis(600), Duration::from_millis(500)).is_some(), "renewed before it runs out");
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_waits_for_the_old_watchers_to_come_back() {
+        let p = p();
+        let now = Instant::now();
+        p.inherit(7, vec![A, B], Duration::from_secs(3), now);
+        let (done, until) = p.inherited_wait(now).expect("must wait");
+        assert_eq!(until, now + Duration::from_secs(3));
+        p.poll(A, &[], false, now);
+        assert!(p.inherited_wait(now).is_some(), "a poll from a session still holding old promises proves nothing");
+        p.poll(A, &[], true, now);
+        assert!(p.inherited_wait(now).is_some(), "B has not come back");
+        let waiter = tokio::spawn(async move { done.notified().await });
+        tokio::task::yield_now().await;
+        p.poll(B, &[], true, now);
+        assert!(p.inherited_wait(now).is_none());
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken").unwrap();
+        p.inherit(8, vec![A], Duration::from_secs(3), now);
+        assert!(p.inherited_wait(now + Duration::from_secs(4)).is_none(), "the horizon passed");
     }
 }

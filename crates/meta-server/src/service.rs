@@ -24,6 +24,8 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 pub const WRITE_QUEUE_MAX: usize = 8192;
 /// How long a poll of the callback channel waits for a callback before answering empty.
 pub const WATCH_WAIT: Duration = Duration::from_secs(1);
+/// A promise horizon is renewed when it covers less than a lease plus this.
+pub const HORIZON_MARGIN: Duration = Duration::from_millis(500);
 
 type WriteWaiter = (CommandKind, oneshot::Sender<MetaResponse>);
 type ReadWaiter = oneshot::Sender<Result<(), FsError>>;
@@ -96,8 +98,9 @@ impl MetaService {
         Ok(MetaReply::Promised { lease_ms: self.promises.lease().as_millis() as u64, reply: Box::new(reply) })
     }
 
-    /// A poll of the callback channel (on the leader only).
-    async fn watch(&self, session: SessionId, acks: &[u64]) -> MetaResponse {
+    /// A poll of the callback channel (on the leader only). `held_term`: the term of the
+    /// promises the session still holds (0: none).
+    async fn watch(&self, session: SessionId, acks: &[u64], held_term: u64) -> MetaResponse {
         if session == SessionId(0) {
             return Err(FsError::Invalid("the callback channel needs a session".into()));
         }
@@ -105,17 +108,58 @@ impl MetaService {
         if m.current_leader != Some(m.id) {
             return Err(FsError::NotLeader { leader_hint: m.current_leader.map(MetaNodeId) });
         }
-        let (mut callbacks, wake) = self.promises.poll(session, acks, tokio::time::Instant::now());
+        let lease_ms = self.promises.lease().as_millis() as u64;
+        if held_term != 0 && held_term != m.current_term {
+            // Promises from another term: the session drops them when it sees this term.
+            return Ok(MetaReply::Callbacks { term: m.current_term, lease_ms, callbacks: Vec::new() });
+        }
+        self.ensure_inherited(m.current_term).await;
+        let (mut callbacks, wake) = self.promises.poll(session, acks, true, tokio::time::Instant::now());
         if callbacks.is_empty() {
             let _ = tokio::time::timeout(WATCH_WAIT, wake.notified()).await;
-            callbacks = self.promises.poll(session, &[], tokio::time::Instant::now()).0;
+            callbacks = self.promises.poll(session, &[], true, tokio::time::Instant::now()).0;
         }
-        Ok(MetaReply::Callbacks { term: m.current_term, lease_ms: self.promises.lease().as_millis() as u64, callbacks })
+        Ok(MetaReply::Callbacks { term: m.current_term, lease_ms, callbacks })
+    }
+
+    /// Learn, once per term, which promises earlier leaders may have given (the last horizon
+    /// in the log, read once everything committed before this term is applied).
+    async fn ensure_inherited(&self, term: u64) {
+        if self.promises.inherited_term() == Some(term) || self.read_barrier().await.is_err() {
+            return;
+        }
+        let db = self.db.clone();
+        let horizon = tokio::task::spawn_blocking(move || {
+            ReadKv::new(&db).ok().and_then(|kv| shoal_meta_core::promise_horizon(&kv))
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let left = Duration::from_nanos(horizon.until.saturating_sub(now_ns()).max(0) as u64);
+        self.promises.inherit(term, horizon.watchers, left, tokio::time::Instant::now());
     }
 
     /// Tell the holders of promises that a mutation broke, and wait until each acknowledged or
-    /// its lease ran out.
+    /// its lease ran out. In a new term, first wait until the watchers of earlier leaders came
+    /// back (having dropped their promises) or those promises ended.
     async fn call_back(&self, writer: SessionId, items: &[shoal_types::meta_msg::Invalidate]) {
+        if items.is_empty() {
+            return;
+        }
+        let term = self.raft.metrics().borrow().current_term;
+        self.ensure_inherited(term).await;
+        while let Some((done, until)) = self.promises.inherited_wait(tokio::time::Instant::now()) {
+            let notified = done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.promises.inherited_wait(tokio::time::Instant::now()).is_none() {
+                break;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                break;
+            }
+        }
         let waits = self.promises.break_promises(writer, items, tokio::time::Instant::now());
         for (rx, expiry) in waits {
             if tokio::time::timeout_at(expiry, rx).await.is_err() {
@@ -167,8 +211,8 @@ impl MetaService {
         if matches!(req.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_)) && role != Some(Role::Store) {
             return Err(FsError::PermissionDenied);
         }
-        if let MetaOp::WatchCallbacks { acks } = &req.op {
-            return self.watch(req.session, acks).await;
+        if let MetaOp::WatchCallbacks { acks, term } = &req.op {
+            return self.watch(req.session, acks, *term).await;
         }
         if req.op.is_read() {
             return self.read(req).await;
@@ -196,6 +240,22 @@ impl MetaService {
             RaftRpc::Vote => codec::encode(&self.raft.vote(codec::decode(payload).map_err(bad)?).await),
             RaftRpc::InstallSnapshot => codec::encode(&self.raft.install_snapshot(codec::decode(payload).map_err(bad)?).await),
         })
+    }
+
+    /// Keep a promise horizon in the log that covers every promise this leader may give.
+    async fn record_horizon(&self, term: u64) {
+        self.ensure_inherited(term).await;
+        if self.promises.inherited_term() != Some(term) {
+            return; // Only after the earlier leaders' horizon is known, so it is not overwritten first.
+        }
+        let Some(watchers) = self.promises.horizon_due(tokio::time::Instant::now(), HORIZON_MARGIN) else { return };
+        let ahead = self.promises.lease() + HORIZON_MARGIN * 2;
+        let until = tokio::time::Instant::now() + ahead;
+        let horizon = shoal_meta_core::PromiseHorizon { until: now_ns() + ahead.as_nanos() as i64, watchers: watchers.clone() };
+        match self.propose(CommandKind::PromiseHorizon(horizon)).await {
+            Ok(_) => self.promises.horizon_recorded(until, watchers),
+            Err(e) => tracing::debug!("promise horizon not committed: {e}"),
+        }
     }
 
     fn is_leader(&self) -> bool {
@@ -307,6 +367,7 @@ pub async fn housekeeping(service: Arc<MetaService>, every: Duration) {
         if let Err(e) = service.propose(CommandKind::Tick).await {
             tracing::debug!("tick not committed: {e}");
         }
+        service.record_horizon(term).await;
     }
 }
 

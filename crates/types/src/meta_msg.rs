@@ -80,7 +80,8 @@ pub enum MetaOp {
     /// The callback channel (long poll, to the leader, never logged): acknowledge the callbacks
     /// in `acks` (their invalidations are done) and wait briefly for new ones. A session that
     /// polls gets cache promises on what it looks up (answers wrapped in [`MetaReply::Promised`]).
-    WatchCallbacks { acks: Vec<u64> },
+    /// `term`: the leader term of the promises the session still holds, 0 if none.
+    WatchCallbacks { acks: Vec<u64>, term: u64 },
 }
 
 /// Longest extended attribute value.

@@ -207,3 +207,25 @@ fn four_processes_stress_one_tree_and_a_walk_matches_their_model() {
         }
     }
 }
+
+#[test]
+fn close_to_open_holds_across_leader_kills() {
+    // The new leader knows nothing of its predecessor's promises but their horizon in the log:
+    // a change waits until the mounts that held them came back (dropping them) or they ended.
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    let mut content = b"first\n".to_vec();
+    std::fs::write(a.join("f"), &content).unwrap();
+    for round in 0..3 {
+        // Prime B, and give the leader time to record a horizon naming B.
+        assert_eq!(std::fs::read(b.join("f")).unwrap(), content);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert_eq!(std::fs::read(b.join("f")).unwrap(), content);
+        let leader = c.leader();
+        c.kill9(&format!("meta-{leader}"));
+        change(&a, round, &mut content);
+        assert_eq!(std::fs::read(b.join("f")).unwrap(), content, "round {round}: B reads stale bytes after a leader kill");
+        c.up();
+    }
+}
