@@ -61,6 +61,8 @@ enum Cmd {
         mountpoint: PathBuf,
         #[arg(long)]
         foreground: bool,
+        #[command(flatten)]
+        opts: mount::MountOptions,
     },
     /// Unmount, after what is buffered is written.
     Umount { mountpoint: PathBuf },
@@ -222,8 +224,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Up { detach, mount } => up(&dir, detach, mount).await,
-        Cmd::Mount { mountpoint, foreground: true } => mount::foreground(&dir, &mountpoint).await,
-        Cmd::Mount { mountpoint, foreground: false } => mount::background(&dir, &mountpoint).await,
+        Cmd::Mount { mountpoint, foreground: true, opts } => mount::foreground(&dir, &mountpoint, &opts).await,
+        Cmd::Mount { mountpoint, foreground: false, opts } => mount::background(&dir, &mountpoint, &opts).await,
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Down => {
             let c: cluster::ClusterFile = cluster::read_toml(&dir.join("cluster.toml"))?;
@@ -280,7 +282,7 @@ async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result<()>
         dir.display()
     );
     if let Some(m) = &mountpoint {
-        mount::background(&dir, m).await?;
+        mount::background(&dir, m, &mount::MountOptions::default()).await?;
     }
     if detach {
         return Ok(());

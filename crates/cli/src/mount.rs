@@ -35,7 +35,44 @@ fn clean_dead_mount(mountpoint: &Path) {
     }
 }
 
-pub async fn background(dir: &Path, mountpoint: &Path) -> Result<()> {
+/// Cache sizes of a mount.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MountOptions {
+    /// Where the block cache keeps blobs' blocks on disk (default: DIR/cache/<mount point>).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Memory for cached blocks, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_mem_mib: u64,
+    /// Local disk for cached blocks, MiB (0: no disk cache).
+    #[arg(long, default_value_t = 1024)]
+    pub cache_disk_mib: u64,
+    /// Files up to this size are fetched whole at their first read (AFS style), MiB.
+    #[arg(long, default_value_t = 4)]
+    pub whole_file_mib: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { cache_dir: None, cache_mem_mib: 256, cache_disk_mib: 1024, whole_file_mib: 4 }
+    }
+}
+
+impl MountOptions {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            format!("--cache-mem-mib={}", self.cache_mem_mib),
+            format!("--cache-disk-mib={}", self.cache_disk_mib),
+            format!("--whole-file-mib={}", self.whole_file_mib),
+        ];
+        if let Some(d) = &self.cache_dir {
+            a.push(format!("--cache-dir={}", d.display()));
+        }
+        a
+    }
+}
+
+pub async fn background(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
     clean_dead_mount(mountpoint);
     std::fs::create_dir_all(mountpoint).with_context(|| format!("create {}", mountpoint.display()))?;
     let mountpoint = mountpoint.canonicalize()?;
@@ -48,7 +85,7 @@ pub async fn background(dir: &Path, mountpoint: &Path) -> Result<()> {
     let log_path = dir.join("logs").join(format!("mount-{}.log", tag(&mountpoint)));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("--dir").arg(&dir).arg("mount").arg("--foreground").arg(&mountpoint);
+    cmd.arg("--dir").arg(&dir).arg("mount").arg("--foreground").args(opts.args()).arg(&mountpoint);
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
     use std::os::unix::process::CommandExt;
     unsafe {
@@ -74,7 +111,7 @@ pub async fn background(dir: &Path, mountpoint: &Path) -> Result<()> {
     Ok(())
 }
 
-pub async fn foreground(dir: &Path, mountpoint: &Path) -> Result<()> {
+pub async fn foreground(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
     ).with_writer(std::io::stderr).init();
@@ -82,6 +119,18 @@ pub async fn foreground(dir: &Path, mountpoint: &Path) -> Result<()> {
     std::fs::create_dir_all(mountpoint)?;
     let mountpoint: PathBuf = mountpoint.canonicalize()?;
     let client = crate::connect(dir).await?;
+    let cache_dir = match (&opts.cache_dir, opts.cache_disk_mib) {
+        (_, 0) => None,
+        (Some(d), _) => Some(d.clone()),
+        (None, _) => Some(dir.canonicalize()?.join("cache").join(tag(&mountpoint))),
+    };
+    let cache = shoal_client::cache::BlockCache::open(shoal_client::cache::CacheConfig {
+        dir: cache_dir.clone(),
+        mem_bytes: opts.cache_mem_mib << 20,
+        disk_bytes: opts.cache_disk_mib << 20,
+    })
+    .with_context(|| format!("open the block cache in {cache_dir:?}"))?;
+    client.set_block_cache(cache);
     // Unmount on SIGTERM or Ctrl-C: the kernel then flushes and releases every open file.
     let mp = mountpoint.clone();
     tokio::spawn(async move {
@@ -101,7 +150,8 @@ pub async fn foreground(dir: &Path, mountpoint: &Path) -> Result<()> {
     let rt = tokio::runtime::Handle::current();
     let c = client.clone();
     let mp = mountpoint.clone();
-    tokio::task::spawn_blocking(move || shoal_fuse::mount(rt, c, &mp, 4)).await?.context("FUSE mount")?;
+    let fuse_opts = shoal_fuse::MountOptions { threads: 4, whole_file_bytes: opts.whole_file_mib << 20 };
+    tokio::task::spawn_blocking(move || shoal_fuse::mount(rt, c, &mp, &fuse_opts)).await?.context("FUSE mount")?;
     let _ = client.close().await;
     tracing::info!("unmounted");
     Ok(())

@@ -7,6 +7,7 @@
 //! from any live copy (failing over to the next), and a read that covers a whole blob is checked
 //! against the blob's CRC32C end to end.
 
+use crate::cache::CACHE_BLOCK;
 use crate::Client;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -294,9 +295,54 @@ impl Client {
         futures::future::try_join_all(reads).await
     }
 
+    /// Read a range of one blob, through the block cache when there is one: cached blocks are
+    /// served from it, each run of missing blocks is fetched in one request and cached.
+    async fn read_blob(&self, loc: &BlobLocation, offset: u64, len: u64) -> FsResult<Bytes> {
+        let Some(cache) = self.block_cache.get() else { return self.fetch_blob(loc, offset, len).await };
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let (first, last) = (offset / CACHE_BLOCK, (offset + len - 1) / CACHE_BLOCK);
+        let mut blocks: Vec<Option<Bytes>> = (first..=last).map(|b| cache.get(loc.blob, b)).collect();
+        let mut i = 0;
+        while i < blocks.len() {
+            if blocks[i].is_some() {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < blocks.len() && blocks[j].is_none() {
+                j += 1;
+            }
+            let start = (first + i as u64) * CACHE_BLOCK;
+            let end = ((first + j as u64) * CACHE_BLOCK).min(loc.len);
+            let run = self.fetch_blob(loc, start, end - start).await?;
+            for (k, b) in (i..j).enumerate() {
+                let piece = run.slice(k * CACHE_BLOCK as usize..((k + 1) * CACHE_BLOCK as usize).min(run.len()));
+                cache.put(loc.blob, first + b as u64, piece.clone());
+                blocks[b] = Some(piece);
+            }
+            i = j;
+        }
+        let skip = (offset - first * CACHE_BLOCK) as usize;
+        let whole = if blocks.len() == 1 {
+            blocks.pop().flatten().expect("filled")
+        } else {
+            let mut out = bytes::BytesMut::with_capacity(skip + len as usize);
+            for b in blocks.iter().flatten() {
+                out.extend_from_slice(b);
+            }
+            out.freeze()
+        };
+        if whole.len() < skip + len as usize {
+            return Err(FsError::Corrupt(format!("blob {}: cached blocks shorter than the blob", loc.blob)));
+        }
+        Ok(whole.slice(skip..skip + len as usize))
+    }
+
     /// Read a range of one blob from any copy, failing over; whole-blob reads are checked
     /// against the blob's CRC32C.
-    async fn read_blob(&self, loc: &BlobLocation, offset: u64, len: u64) -> FsResult<Bytes> {
+    async fn fetch_blob(&self, loc: &BlobLocation, offset: u64, len: u64) -> FsResult<Bytes> {
         let mut last_err = FsError::Unavailable(format!("blob {} has no copy", loc.blob));
         // Spread reads over the copies, so a large read draws on several servers at once;
         // servers that failed us recently go last.

@@ -8,6 +8,7 @@
 //!   write quorum is durable) and the read path (resolve the layout, read any live copy, verify,
 //!   fail over).
 
+pub mod cache;
 pub mod data;
 
 use bytes::Bytes;
@@ -45,6 +46,8 @@ pub struct Client {
     keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Storage servers that failed a request recently, and when: tried last for a while.
     suspects: Mutex<HashMap<StoreId, std::time::Instant>>,
+    /// Blocks of blobs read before (a mount sets one; the CLI reads without).
+    block_cache: std::sync::OnceLock<Arc<cache::BlockCache>>,
 }
 
 /// Share of a promise's lease a client relies on (a margin for clocks that run at different
@@ -126,7 +129,13 @@ impl Client {
             cred,
             keepalive: Mutex::new(None),
             suspects: Mutex::new(HashMap::new()),
+            block_cache: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serve blob reads through `cache` from now on (once).
+    pub fn set_block_cache(&self, cache: Arc<cache::BlockCache>) {
+        let _ = self.block_cache.set(cache);
     }
 
     pub fn session(&self) -> SessionId {

@@ -101,6 +101,7 @@ pub struct ShoalFs {
     /// Bumped by every change of file contents made through this mount (no callback tells this
     /// mount about its own changes): cached layouts from before are dropped.
     local_changes: AtomicU64,
+    whole_file_bytes: u64,
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -148,6 +149,7 @@ impl ShoalFs {
             promises: Arc::new(Promises::default()),
             page_versions: Mutex::new(HashMap::new()),
             local_changes: AtomicU64::new(0),
+            whole_file_bytes: 0,
         }
     }
 
@@ -529,7 +531,7 @@ impl Filesystem for ShoalFs {
         let stamp = self.read_stamp();
         let mut f = file.lock().expect("file");
         let handle = f.handle;
-        match self.run(readahead::read(&self.client, handle, &mut f.reads, stamp, offset, size as u64)) {
+        match self.run(readahead::read(&self.client, handle, &mut f.reads, stamp, offset, size as u64, self.whole_file_bytes)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -739,8 +741,16 @@ fn attr_reply(r: shoal_types::meta_msg::MetaReply) -> Result<Attr, Errno> {
     }
 }
 
+pub struct MountOptions {
+    /// Request threads.
+    pub threads: usize,
+    /// Files up to this size are fetched whole at their first read.
+    pub whole_file_bytes: u64,
+}
+
 /// Mount and serve until unmounted. Blocks the calling thread.
-pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::path::Path, threads: usize) -> std::io::Result<()> {
+pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::path::Path, opts: &MountOptions) -> std::io::Result<()> {
+    let threads = opts.threads;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("shoal".into()),
@@ -753,7 +763,8 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
         config.acl = fuser::SessionACL::All;
     }
     config.n_threads = Some(threads.max(1));
-    let fs = ShoalFs::new(rt.clone(), client.clone());
+    let mut fs = ShoalFs::new(rt.clone(), client.clone());
+    fs.whole_file_bytes = opts.whole_file_bytes;
     let promises = fs.promises.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)?;
     let notifier = session.notifier();

@@ -114,7 +114,7 @@ async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64) -> FsRes
 
 /// Refill the buffer at `offset` with at least `len` bytes (fewer at the end of the file): from
 /// the read-ahead when it starts there, else fetched now.
-async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64) -> FsResult<()> {
+async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64, whole_file: u64) -> FsResult<()> {
     let prefetched = match st.prefetch.take() {
         Some(p) if p.offset == offset => p.task.await.map_err(|e| FsError::Internal(e.to_string()))?.ok(),
         Some(p) => {
@@ -127,7 +127,12 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
         Some(b) if b.len() as u64 >= len || st.file_size().is_some_and(|s| offset + b.len() as u64 >= s) => b,
         _ => {
             let attempt = match covering(client, handle, st, offset, len).await {
-                Ok(layout) => fetch(client, &layout, offset, len).await,
+                Ok(layout) => {
+                    // A small file is fetched whole (and so cached whole) at its first read.
+                    let size = layout.attr.size;
+                    let len = if size <= whole_file { len.max(size.saturating_sub(offset)) } else { len };
+                    fetch(client, &layout, offset, len).await
+                }
                 Err(e) => Err(e),
             };
             match attempt {
@@ -149,7 +154,15 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
 
 /// Read `[offset, offset + size)` of an open file: all of it, or up to the end of the file (the
 /// kernel takes a short read for the end).
-pub async fn read(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, stamp: Stamp, offset: u64, size: u64) -> FsResult<Bytes> {
+pub async fn read(
+    client: &Arc<Client>,
+    handle: FileHandle,
+    st: &mut ReadState,
+    stamp: Stamp,
+    offset: u64,
+    size: u64,
+    whole_file: u64,
+) -> FsResult<Bytes> {
     if st.stamp != stamp {
         st.reset(stamp);
     }
@@ -165,7 +178,7 @@ pub async fn read(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, 
             parts.push(d);
             continue;
         }
-        refill(client, handle, st, pos, (end - pos).max(st.window)).await?;
+        refill(client, handle, st, pos, (end - pos).max(st.window), whole_file).await?;
         if st.buf.is_empty() {
             break; // The end of the file.
         }

@@ -229,3 +229,33 @@ fn close_to_open_holds_across_leader_kills() {
         c.up();
     }
 }
+
+#[test]
+fn the_disk_block_cache_survives_a_remount_and_is_verified() {
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let data = bytes(9, (3 << 20) + 12345);
+    std::fs::write(a.join("f"), &data).unwrap();
+    // A mount killed without a clean unmount leaves the cache behind; so does a clean one.
+    let remount = |c: &TestCluster| {
+        c.must_shoal(&["umount", a.to_str().unwrap()]);
+        mount(c, "a", &[])
+    };
+    let a = remount(&c);
+    assert_eq!(std::fs::read(a.join("f")).unwrap(), data, "first read, from the storage servers");
+    // With every storage server stopped, a fresh mount reads the file from its disk cache.
+    for s in 1..=4 {
+        c.kill9(&format!("store-{s}"));
+    }
+    let a = remount(&c);
+    assert_eq!(std::fs::read(a.join("f")).unwrap(), data, "read from the disk cache");
+    // A damaged cached block is noticed and fetched again.
+    let cache = c.path().join("cache").join(a.to_string_lossy().trim_matches('/').replace('/', "_"));
+    let victim = std::fs::read_dir(&cache).unwrap().flatten().next().unwrap().path();
+    let mut raw = std::fs::read(&victim).unwrap();
+    raw[1000] ^= 0xff;
+    std::fs::write(&victim, raw).unwrap();
+    c.up();
+    let a = remount(&c);
+    assert_eq!(std::fs::read(a.join("f")).unwrap(), data, "a damaged block is fetched again");
+}
