@@ -50,11 +50,21 @@ pub struct MountOptions {
     /// Files up to this size are fetched whole at their first read (AFS style), MiB.
     #[arg(long, default_value_t = 4)]
     pub whole_file_mib: u64,
+    /// close-to-open: an open sees every close that finished before it. open-snapshot: also,
+    /// a file opened read-only keeps reading the version it opened until it is closed.
+    #[arg(long, value_enum, default_value_t = Consistency::CloseToOpen)]
+    pub consistency: Consistency,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    CloseToOpen,
+    OpenSnapshot,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { cache_dir: None, cache_mem_mib: 256, cache_disk_mib: 1024, whole_file_mib: 4 }
+        MountOptions { cache_dir: None, cache_mem_mib: 256, cache_disk_mib: 1024, whole_file_mib: 4, consistency: Consistency::CloseToOpen }
     }
 }
 
@@ -65,6 +75,9 @@ impl MountOptions {
             format!("--cache-disk-mib={}", self.cache_disk_mib),
             format!("--whole-file-mib={}", self.whole_file_mib),
         ];
+        if self.consistency == Consistency::OpenSnapshot {
+            a.push("--consistency=open-snapshot".into());
+        }
         if let Some(d) = &self.cache_dir {
             a.push(format!("--cache-dir={}", d.display()));
         }
@@ -150,7 +163,11 @@ pub async fn foreground(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> R
     let rt = tokio::runtime::Handle::current();
     let c = client.clone();
     let mp = mountpoint.clone();
-    let fuse_opts = shoal_fuse::MountOptions { threads: 4, whole_file_bytes: opts.whole_file_mib << 20 };
+    let fuse_opts = shoal_fuse::MountOptions {
+        threads: 4,
+        whole_file_bytes: opts.whole_file_mib << 20,
+        open_snapshot: opts.consistency == Consistency::OpenSnapshot,
+    };
     tokio::task::spawn_blocking(move || shoal_fuse::mount(rt, c, &mp, &fuse_opts)).await?.context("FUSE mount")?;
     let _ = client.close().await;
     tracing::info!("unmounted");

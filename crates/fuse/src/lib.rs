@@ -102,6 +102,8 @@ pub struct ShoalFs {
     /// mount about its own changes): cached layouts from before are dropped.
     local_changes: AtomicU64,
     whole_file_bytes: u64,
+    /// Read-only opens keep reading the version they opened (`--consistency open-snapshot`).
+    open_snapshot: bool,
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -150,6 +152,7 @@ impl ShoalFs {
             page_versions: Mutex::new(HashMap::new()),
             local_changes: AtomicU64::new(0),
             whole_file_bytes: 0,
+            open_snapshot: false,
         }
     }
 
@@ -476,8 +479,24 @@ impl Filesystem for ShoalFs {
         let handle = self.handle(ino);
         match self.run(self.client.meta_as(&cred(req), MetaOp::Open { handle })).and_then(attr_reply) {
             Ok(a) => {
-                let keep = self.keep_pages(ino.0, a.version);
                 let fh = self.new_fh(handle, flags.0 & libc::O_APPEND != 0);
+                if self.open_snapshot && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+                    // Reads of this open come from the version it opened, past the page cache
+                    // (which is per inode, shared with opens of newer versions).
+                    let pinned = self.file(fuser::FileHandle(fh)).and_then(|f| {
+                        let mut f = f.lock().expect("file");
+                        self.run(f.reads.pin(&self.client, handle))
+                    });
+                    return match pinned {
+                        Ok(()) => reply.opened(fuser::FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                        Err(e) => {
+                            self.open.lock().expect("open").remove(&fh);
+                            let _ = self.run(self.client.release(handle));
+                            reply.error(e)
+                        }
+                    };
+                }
+                let keep = self.keep_pages(ino.0, a.version);
                 reply.opened(fuser::FileHandle(fh), keep);
             }
             Err(e) => reply.error(e),
@@ -746,6 +765,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Files up to this size are fetched whole at their first read.
     pub whole_file_bytes: u64,
+    /// Read-only opens keep reading the version they opened.
+    pub open_snapshot: bool,
 }
 
 /// Mount and serve until unmounted. Blocks the calling thread.
@@ -765,6 +786,7 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     config.n_threads = Some(threads.max(1));
     let mut fs = ShoalFs::new(rt.clone(), client.clone());
     fs.whole_file_bytes = opts.whole_file_bytes;
+    fs.open_snapshot = opts.open_snapshot;
     let promises = fs.promises.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)?;
     let notifier = session.notifier();

@@ -41,6 +41,8 @@ pub struct ReadState {
     next: u64,
     window: u64,
     prefetch: Option<Prefetch>,
+    /// Open-snapshot: the layout of the version opened, kept whatever commits later.
+    pinned: bool,
 }
 
 impl Drop for ReadState {
@@ -61,6 +63,15 @@ impl ReadState {
         self.buf = Bytes::new();
         self.buf_offset = 0;
         self.window = 0;
+    }
+
+    /// Keep reading the version current now, whatever commits later (the metadata service holds
+    /// its blobs while the file is open).
+    pub async fn pin(&mut self, client: &Client, handle: FileHandle) -> FsResult<()> {
+        let layout = Arc::new(layout_for(client, handle, 0, u64::MAX).await?);
+        self.layout = Some(CachedLayout { first: 0, end: u64::MAX, layout });
+        self.pinned = true;
+        Ok(())
     }
 
     fn buffered(&self, offset: u64, len: u64) -> Option<Bytes> {
@@ -138,7 +149,7 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
             match attempt {
                 Ok(b) => b,
                 // The layout may be older than a garbage collection: fetch it again.
-                Err(FsError::BlobNotFound | FsError::Corrupt(_)) => {
+                Err(FsError::BlobNotFound | FsError::Corrupt(_)) if !st.pinned => {
                     st.layout = None;
                     let layout = covering(client, handle, st, offset, len).await?;
                     fetch(client, &layout, offset, len).await?
@@ -163,7 +174,7 @@ pub async fn read(
     size: u64,
     whole_file: u64,
 ) -> FsResult<Bytes> {
-    if st.stamp != stamp {
+    if st.stamp != stamp && !st.pinned {
         st.reset(stamp);
     }
     let sequential = offset == st.next;

@@ -244,6 +244,7 @@ impl<K: Kv> Sm<'_, K> {
             let ino = InodeId(key::read_u64(&k, 8));
             self.kv.delete(Table::SessionOpens, &k);
             self.kv.delete(Table::Opens, &key::u64_u64(ino.0, session.0));
+            self.release_held(ino);
             self.maybe_free_inode(ino);
         }
     }
@@ -631,7 +632,7 @@ impl<K: Kv> Sm<'_, K> {
             for (k, v) in self.kv.scan(Table::Chunks, &key::u64_u64(ino.0, first_dead), &key::prefix_end(ino.0), usize::MAX) {
                 let slices: Vec<Slice> = codec::decode(&v).unwrap_or_default();
                 for s in &slices {
-                    self.unref_blob(s.blob);
+                    self.unref_blob_of(ino, s.blob);
                 }
                 self.kv.delete(Table::Chunks, &k);
             }
@@ -668,7 +669,7 @@ impl<K: Kv> Sm<'_, K> {
             if vis && !(s.blob.is_none() && kept.is_empty()) {
                 kept.push(s);
             } else if !vis {
-                self.unref_blob(s.blob);
+                self.unref_blob_of(ino, s.blob);
             }
         }
         if kept.len() >= crate::COMPACT_SLICES_MIN {
@@ -700,6 +701,35 @@ impl<K: Kv> Sm<'_, K> {
         self.counters.blob_bytes += nb.len;
         let info = BlobInfo { len: nb.len, policy: intent.policy, stores, refs, crc: nb.crc };
         store(self.kv, Table::Blobs, &ikey, &info);
+    }
+
+    fn is_open(&self, ino: InodeId) -> bool {
+        !self.kv.scan(Table::Opens, &key::u64(ino.0), &key::prefix_end(ino.0), 1).is_empty()
+    }
+
+    /// Drop a reference of file `ino` to a blob. While the file is open anywhere, a blob that
+    /// loses its last reference is held instead (a reader may still read the version it
+    /// opened) and freed at the last close ([`Sm::release_held`]).
+    fn unref_blob_of(&mut self, ino: InodeId, blob: Option<BlobId>) {
+        if let Some(b) = blob {
+            let last = load::<BlobInfo>(self.kv, Table::Blobs, &key::u64(b.0)).is_some_and(|i| i.refs == 1);
+            if last && self.is_open(ino) {
+                self.kv.put(Table::HeldBlobs, &key::u64_u64(ino.0, b.0), &[]);
+                return;
+            }
+        }
+        self.unref_blob(blob);
+    }
+
+    /// Free the blobs held for file `ino` once nobody has it open.
+    fn release_held(&mut self, ino: InodeId) {
+        if self.is_open(ino) {
+            return;
+        }
+        for (k, _) in self.kv.scan(Table::HeldBlobs, &key::u64(ino.0), &key::prefix_end(ino.0), usize::MAX) {
+            self.kv.delete(Table::HeldBlobs, &k);
+            self.unref_blob(Some(BlobId(key::read_u64(&k, 8))));
+        }
     }
 
     fn unref_blob(&mut self, blob: Option<BlobId>) {
@@ -777,7 +807,7 @@ impl<K: Kv> Sm<'_, K> {
             }
         };
         for s in &current {
-            self.unref_blob(s.blob);
+            self.unref_blob_of(handle.inode, s.blob);
         }
         let slice = Slice { blob: Some(nb.blob), blob_offset: 0, offset_in_chunk: 0, len: nb.len };
         store(self.kv, Table::Chunks, &ckey, &vec![slice]);
@@ -843,6 +873,7 @@ impl<K: Kv> Sm<'_, K> {
         if count <= 1 {
             self.kv.delete(Table::Opens, &okey);
             self.kv.delete(Table::SessionOpens, &key::u64_u64(session.0, handle.inode.0));
+            self.release_held(handle.inode);
             self.maybe_free_inode(handle.inode);
         } else {
             store(self.kv, Table::Opens, &okey, &(count - 1));

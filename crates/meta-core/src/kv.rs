@@ -43,9 +43,12 @@ pub enum Table {
     Fragmented,
     /// (inode, name) -> value: extended attributes.
     Xattrs,
+    /// (inode, blob) -> (): blobs no version of an open file references any more, kept until
+    /// its last close, since a reader may still read the version it opened.
+    HeldBlobs,
 }
 
-pub const TABLES: [Table; 17] = [
+pub const TABLES: [Table; 18] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -63,6 +66,7 @@ pub const TABLES: [Table; 17] = [
     Table::SessionOpens,
     Table::Fragmented,
     Table::Xattrs,
+    Table::HeldBlobs,
 ];
 
 impl Table {
@@ -85,6 +89,7 @@ impl Table {
             Table::SessionOpens => "session_opens",
             Table::Fragmented => "fragmented",
             Table::Xattrs => "xattrs",
+            Table::HeldBlobs => "held_blobs",
         }
     }
 }

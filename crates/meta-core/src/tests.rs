@@ -366,3 +366,24 @@ fn extended_attributes_follow_permissions_and_die_with_the_inode() {
     t.op(MetaOp::Unlink { parent: ROOT, name: "f".into() }).unwrap();
     assert_eq!(t.kv.len(Table::Xattrs), 0);
 }
+
+#[test]
+fn blobs_an_open_file_drops_are_held_until_its_last_close() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let f = t.must_create(ROOT, "f");
+    let b1 = t.must_write(f.handle, 100);
+    t.op(MetaOp::Open { handle: f.handle }).unwrap();
+    t.op(MetaOp::Open { handle: f.handle }).unwrap();
+    t.must_write(f.handle, 100);
+    t.op(MetaOp::SetAttr { handle: f.handle, set: SetAttr { size: Some(0), ..Default::default() } }).unwrap();
+    assert_eq!(t.kv.len(Table::GcOrders), 0, "a reader may still read the versions it opened");
+    assert_eq!(t.kv.len(Table::HeldBlobs), 2);
+    assert!(crate::kv::KvRead::get(&t.kv, Table::Blobs, &crate::kv::key::u64(b1.0)).is_some());
+    t.op(MetaOp::Release { handle: f.handle }).unwrap();
+    assert_eq!(t.kv.len(Table::GcOrders), 0, "still open once");
+    t.op(MetaOp::Release { handle: f.handle }).unwrap();
+    assert_eq!(t.kv.len(Table::HeldBlobs), 0);
+    assert_eq!(t.kv.len(Table::GcOrders), 6, "both blobs' three copies are ordered deleted at the last close");
+    assert_eq!(t.kv.len(Table::Blobs), 0);
+}

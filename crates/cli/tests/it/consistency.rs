@@ -3,7 +3,7 @@
 //! channel, concurrent writers, and a mount killed in the middle of a write.
 
 use crate::harness::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,8 +17,12 @@ fn rounds(full: usize) -> usize {
 }
 
 fn mount(c: &TestCluster, name: &str, envs: &[(&str, &str)]) -> PathBuf {
+    mount_with(c, name, envs, &[])
+}
+
+fn mount_with(c: &TestCluster, name: &str, envs: &[(&str, &str)], args: &[&str]) -> PathBuf {
     let mnt = c.file(name);
-    let out = Command::new(SHOAL).arg("--dir").arg(c.path()).arg("mount").arg(&mnt).envs(envs.iter().copied()).output().unwrap();
+    let out = Command::new(SHOAL).arg("--dir").arg(c.path()).arg("mount").args(args).arg(&mnt).envs(envs.iter().copied()).output().unwrap();
     assert!(out.status.success(), "mount {name}: {}", String::from_utf8_lossy(&out.stderr));
     mnt
 }
@@ -258,4 +262,35 @@ fn the_disk_block_cache_survives_a_remount_and_is_verified() {
     c.up();
     let a = remount(&c);
     assert_eq!(std::fs::read(a.join("f")).unwrap(), data, "a damaged block is fetched again");
+}
+
+#[test]
+fn open_snapshot_keeps_reading_the_version_it_opened() {
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount_with(&c, "b", &[], &["--consistency", "open-snapshot"]);
+    // Bigger than the whole-file fetch and the read-ahead, so the rest comes from the servers.
+    let (v1, v2) = (bytes(1, 40 << 20), bytes(2, 5 << 20));
+    std::fs::write(a.join("f"), &v1).unwrap();
+    let mut h = std::fs::File::open(b.join("f")).unwrap();
+    let mut seen = vec![0u8; 1 << 20];
+    h.read_exact(&mut seen).unwrap();
+    // Overwrite in place (same inode) on the other mount, and give garbage collection time to
+    // delete what no version references any more.
+    std::fs::write(a.join("f"), &v2).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    h.read_to_end(&mut seen).unwrap();
+    assert!(seen == v1, "an open-snapshot reader saw {} bytes that are not the version it opened", seen.len());
+    drop(h);
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), v2, "a new open reads the new version");
+    // After the last close, the old version's blobs are freed: the cluster converges to one blob.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = c.status_json();
+        if st["blobs"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "old blobs not freed after the last close: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
