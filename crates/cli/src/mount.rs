@@ -35,6 +35,10 @@ fn clean_dead_mount(mountpoint: &Path) {
     }
 }
 
+/// FUSE request threads of a mount: each waits for its request's answer, so this bounds how
+/// many requests (and so how many commands per log entry) a mount has in flight.
+pub const MOUNT_THREADS: usize = 32;
+
 /// Cache sizes of a mount.
 #[derive(clap::Args, Clone, Debug)]
 pub struct MountOptions {
@@ -164,7 +168,7 @@ pub async fn foreground(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> R
     let c = client.clone();
     let mp = mountpoint.clone();
     let fuse_opts = shoal_fuse::MountOptions {
-        threads: 4,
+        threads: MOUNT_THREADS,
         whole_file_bytes: opts.whole_file_mib << 20,
         open_snapshot: opts.consistency == Consistency::OpenSnapshot,
     };

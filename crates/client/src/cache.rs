@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Bytes of a blob per cached block (the last block of a blob may be shorter).
-pub const CACHE_BLOCK: u64 = 1 << 20;
+/// Bytes of a blob per cached block (the last block of a blob may be shorter): small enough that
+/// a random 4 KiB read fetches little more than it needs, a multiple of the storage block.
+pub const CACHE_BLOCK: u64 = 128 << 10;
 
 #[derive(Clone, Debug)]
 pub struct CacheConfig {

@@ -31,6 +31,36 @@ pub const LAGGARD_GRACE: std::time::Duration = std::time::Duration::from_secs(2)
 /// Blob ids reserved per intent.
 pub const BLOBS_PER_INTENT: u32 = 16;
 
+/// Blob ids a writer reserved and has not used yet, with the intent covering them.
+#[derive(Default)]
+pub struct Reserved {
+    handle: Option<FileHandle>,
+    intent: Option<Intent>,
+    ids: Vec<BlobId>,
+}
+
+/// Reserved ids are not used when their intent ends within this (the commit could be refused).
+const INTENT_MARGIN_NS: i64 = 60_000_000_000;
+
+impl Reserved {
+    fn take(&mut self, handle: FileHandle) -> Option<(BlobId, Intent)> {
+        let intent = self.intent.as_ref()?;
+        if self.handle != Some(handle) || intent.expires - now_ns() < INTENT_MARGIN_NS {
+            self.ids.clear();
+            self.intent = None;
+            return None;
+        }
+        let id = self.ids.pop()?;
+        Some((id, intent.clone()))
+    }
+
+    fn fill(&mut self, handle: FileHandle, intent: Intent) {
+        self.handle = Some(handle);
+        self.ids = intent.blobs.iter().rev().copied().collect();
+        self.intent = Some(intent);
+    }
+}
+
 /// A blob written (put, not committed yet) and where its durable copies are.
 #[derive(Clone, Debug)]
 pub struct Written {
@@ -172,6 +202,12 @@ impl Client {
     /// what it put and publishes it in one commit ([`Client::commit_at`]), so a reader sees all
     /// of it or none.
     pub async fn put_at(self: &Arc<Self>, handle: FileHandle, offset: u64, data: &[u8]) -> FsResult<Vec<Written>> {
+        self.put_at_with(handle, offset, data, &mut Reserved::default()).await
+    }
+
+    /// Like [`Client::put_at`], drawing blob ids from `reserved` (refilled [`BLOBS_PER_INTENT`]
+    /// at a time), so a writer that puts many small pieces reserves once per 16 of them.
+    pub async fn put_at_with(self: &Arc<Self>, handle: FileHandle, offset: u64, data: &[u8], reserved: &mut Reserved) -> FsResult<Vec<Written>> {
         let mut written = Vec::new();
         let mut pos = 0usize;
         while pos < data.len() {
@@ -180,9 +216,15 @@ impl Client {
             let room = CHUNK_SIZE - file_offset % CHUNK_SIZE;
             let n = (data.len() - pos).min(room.min(BLOB_BYTES) as usize);
             let piece = Bytes::copy_from_slice(&data[pos..pos + n]);
-            let intent = self.reserve(handle, 1, n as u64).await?;
+            let (blob, intent) = match reserved.take(handle) {
+                Some(x) => x,
+                None => {
+                    let intent = self.reserve(handle, BLOBS_PER_INTENT, n as u64).await?;
+                    reserved.fill(handle, intent);
+                    reserved.take(handle).ok_or_else(|| FsError::Protocol("an intent with no blob id".into()))?
+                }
+            };
             let crc = crc32c::crc32c(&piece);
-            let blob = intent.blobs[0];
             let stores = self.put_blob(&intent.targets, intent.policy, blob, piece, crc).await?;
             written.push(Written { blob: NewBlob { blob, len: n as u64, crc, stores }, file_offset });
             pos += n;

@@ -74,6 +74,9 @@ struct OpenFile {
     pending_end: u64,
     append: bool,
     reads: readahead::ReadState,
+    reserved: shoal_client::data::Reserved,
+    /// When the oldest of `pending` was put.
+    pending_since: Option<std::time::Instant>,
 }
 
 impl OpenFile {
@@ -85,6 +88,41 @@ impl OpenFile {
     }
 }
 
+/// Publish what an open file put and did not commit, in one commit.
+fn commit_pending(rt: &tokio::runtime::Handle, client: &Client, local_changes: &AtomicU64, f: &mut OpenFile) -> Result<(), Errno> {
+    if !f.pending.is_empty() {
+        let committed = rt.block_on(client.commit_at(f.handle, f.pending.clone(), f.pending_end));
+        local_changes.fetch_add(1, Ordering::AcqRel);
+        committed.map_err(|e| {
+            tracing::warn!(inode = f.handle.inode.0, "commit failed: {e}");
+            errno(&e)
+        })?;
+        f.pending.clear();
+        f.pending_end = 0;
+        f.pending_since = None;
+    }
+    Ok(())
+}
+
+/// Data put and not committed is committed after this long even if the file stays open, well
+/// before the intents covering its blobs expire.
+pub const PENDING_AGE_MAX: Duration = Duration::from_secs(60);
+
+/// Commit what open files put long ago and still hold (a writer that keeps a file open).
+fn commit_old_pending(rt: tokio::runtime::Handle, client: Arc<Client>, open: Arc<Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>>, local_changes: Arc<AtomicU64>) {
+    loop {
+        std::thread::sleep(Duration::from_secs(5));
+        let files: Vec<_> = open.lock().expect("open").values().cloned().collect();
+        for file in files {
+            // A file busy with a request is committed by that request's path or a later round.
+            let Ok(mut f) = file.try_lock() else { continue };
+            if f.pending_since.is_some_and(|t| t.elapsed() > PENDING_AGE_MAX) {
+                let _ = commit_pending(&rt, &client, &local_changes, &mut f);
+            }
+        }
+    }
+}
+
 /// Blobs an open file may put before it commits them anyway (intents expire; a file written
 /// in one open beyond this many blobs is published in several versions).
 pub const PENDING_BLOBS_MAX: usize = 64;
@@ -93,14 +131,14 @@ pub struct ShoalFs {
     rt: tokio::runtime::Handle,
     client: Arc<Client>,
     generations: Mutex<HashMap<u64, u64>>,
-    open: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    open: Arc<Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>>,
     next_fh: AtomicU64,
     promises: Arc<Promises>,
     /// The version each file's kernel pages were read from, as far as this mount knows.
     page_versions: Mutex<HashMap<u64, VersionNo>>,
     /// Bumped by every change of file contents made through this mount (no callback tells this
     /// mount about its own changes): cached layouts from before are dropped.
-    local_changes: AtomicU64,
+    local_changes: Arc<AtomicU64>,
     whole_file_bytes: u64,
     /// Read-only opens keep reading the version they opened (`--consistency open-snapshot`).
     open_snapshot: bool,
@@ -146,11 +184,11 @@ impl ShoalFs {
             rt,
             client,
             generations: Mutex::new(generations),
-            open: Mutex::new(HashMap::new()),
+            open: Arc::new(Mutex::new(HashMap::new())),
             next_fh: AtomicU64::new(1),
             promises: Arc::new(Promises::default()),
             page_versions: Mutex::new(HashMap::new()),
-            local_changes: AtomicU64::new(0),
+            local_changes: Arc::new(AtomicU64::new(0)),
             whole_file_bytes: 0,
             open_snapshot: false,
         }
@@ -236,11 +274,19 @@ impl ShoalFs {
 
     /// Put what an open file buffered (without committing it).
     fn put_buffer(&self, f: &mut OpenFile) -> Result<(), Errno> {
-        if let Some(b) = &f.buf {
-            let written = self.run(self.client.put_at(f.handle, b.offset, &b.data))?;
-            f.pending_end = f.pending_end.max(b.offset + b.data.len() as u64);
+        if let Some(WriteBuf { offset, data }) = f.buf.take() {
+            let handle = f.handle;
+            let written = match self.run(self.client.put_at_with(handle, offset, &data, &mut f.reserved)) {
+                Ok(w) => w,
+                Err(e) => {
+                    // Kept for the next attempt (close or fsync report the error).
+                    f.buf = Some(WriteBuf { offset, data });
+                    return Err(e);
+                }
+            };
+            f.pending_end = f.pending_end.max(offset + data.len() as u64);
             f.pending.extend(written);
-            f.buf = None;
+            f.pending_since.get_or_insert_with(std::time::Instant::now);
         }
         if f.pending.len() >= PENDING_BLOBS_MAX {
             self.commit_pending(f)?;
@@ -249,14 +295,7 @@ impl ShoalFs {
     }
 
     fn commit_pending(&self, f: &mut OpenFile) -> Result<(), Errno> {
-        if !f.pending.is_empty() {
-            let committed = self.run(self.client.commit_at(f.handle, f.pending.clone(), f.pending_end));
-            self.local_changes.fetch_add(1, Ordering::AcqRel);
-            committed?;
-            f.pending.clear();
-            f.pending_end = 0;
-        }
-        Ok(())
+        commit_pending(&self.rt, &self.client, &self.local_changes, f)
     }
 
     /// Put what an open file buffered and commit everything it wrote as one new version. The
@@ -283,7 +322,7 @@ impl ShoalFs {
 
     fn new_fh(&self, handle: FileHandle, append: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile { handle, buf: None, pending: Vec::new(), pending_end: 0, append, reads: Default::default() };
+        let file = OpenFile { handle, buf: None, pending: Vec::new(), pending_end: 0, append, reads: Default::default(), reserved: Default::default(), pending_since: None };
         self.open.lock().expect("open").insert(fh, Arc::new(Mutex::new(file)));
         fh
     }
@@ -505,17 +544,13 @@ impl Filesystem for ShoalFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let r = name_of(name).and_then(|name| {
-            let op = MetaOp::Create {
+            let op = MetaOp::CreateOpen {
                 parent: self.handle(parent),
                 name,
-                kind: FileKind::File,
                 mode: mode & !umask & 0o7777,
-                rdev: 0,
                 exclusive: flags & libc::O_EXCL != 0,
             };
-            let a = self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)?;
-            self.run(self.client.meta_as(&cred(req), MetaOp::Open { handle: a.handle }))?;
-            Ok(a)
+            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
         });
         match r {
             Ok(a) => {
@@ -788,6 +823,10 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     fs.whole_file_bytes = opts.whole_file_bytes;
     fs.open_snapshot = opts.open_snapshot;
     let promises = fs.promises.clone();
+    let (open, changes, flusher_rt, flusher_client) = (fs.open.clone(), fs.local_changes.clone(), rt.clone(), client.clone());
+    std::thread::Builder::new()
+        .name("old-writes".into())
+        .spawn(move || commit_old_pending(flusher_rt, flusher_client, open, changes))?;
     let session = fuser::Session::new(fs, mountpoint, &config)?;
     let notifier = session.notifier();
     // Fault injection for tests: a mount whose callback channel is cut.

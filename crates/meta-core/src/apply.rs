@@ -197,6 +197,13 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::Create { parent, name, kind, mode, rdev, exclusive } => {
                 self.create(cred, parent, name, *kind, *mode, *rdev, *exclusive, None)
             }
+            MetaOp::CreateOpen { parent, name, mode, exclusive } => {
+                let reply = self.create(cred, parent, name, FileKind::File, *mode, 0, *exclusive, None)?;
+                match reply {
+                    MetaReply::Attr(a) => self.open(req.session, &a.handle),
+                    other => Ok(other),
+                }
+            }
             MetaOp::Mkdir { parent, name, mode } => {
                 self.create(cred, parent, name, FileKind::Dir, *mode, 0, true, None)
             }

@@ -387,3 +387,17 @@ fn blobs_an_open_file_drops_are_held_until_its_last_close() {
     assert_eq!(t.kv.len(Table::GcOrders), 6, "both blobs' three copies are ordered deleted at the last close");
     assert_eq!(t.kv.len(Table::Blobs), 0);
 }
+
+#[test]
+fn create_open_creates_and_opens_once_even_when_retried() {
+    let mut t = T::new();
+    let op = MetaOp::CreateOpen { parent: ROOT, name: "x".into(), mode: 0o600, exclusive: true };
+    let first = t.op(op.clone()).unwrap();
+    assert_eq!(t.retry(op).unwrap(), first, "a retry gets the first answer, not EEXIST");
+    assert_eq!(t.kv.len(Table::Opens), 1);
+    let MetaReply::Attr(a) = first else { panic!() };
+    t.op(MetaOp::Unlink { parent: ROOT, name: "x".into() }).unwrap();
+    assert!(matches!(t.read(MetaOp::GetAttr { handle: a.handle }), Ok(MetaReply::Attr(_))), "open: kept as an orphan");
+    t.op(MetaOp::Release { handle: a.handle }).unwrap();
+    assert_eq!(t.read(MetaOp::GetAttr { handle: a.handle }), Err(FsError::Stale));
+}

@@ -37,6 +37,35 @@ pub struct MetaService {
     writes: mpsc::Sender<WriteWaiter>,
     reads: mpsc::Sender<ReadWaiter>,
     promises: Promises,
+    read_lease: Arc<ReadLease>,
+}
+
+/// How long after a leadership check was *sent* its result may serve reads without another.
+/// Followers refuse to vote for anyone else for openraft's leader lease (the maximum election
+/// timeout, 800 ms by default) after they last heard from this leader, and a node does not
+/// elect itself in that time either, so no other leader can commit anything within it; this
+/// window stays well inside (clocks here only need to run at similar rates).
+pub const READ_LEASE_MAX: Duration = Duration::from_millis(250);
+
+/// The last leadership check that succeeded: (term, when it was sent).
+pub struct ReadLease {
+    window: Duration,
+    last: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
+}
+
+impl ReadLease {
+    fn holds(&self, raft: &MetaRaft) -> bool {
+        let Some((term, sent)) = *self.last.lock().expect("read lease") else { return false };
+        if sent.elapsed() >= self.window {
+            return false;
+        }
+        let m = raft.metrics().borrow().clone();
+        m.current_leader == Some(m.id) && m.current_term == term
+    }
+
+    fn confirmed(&self, term: u64, sent: tokio::time::Instant) {
+        *self.last.lock().expect("read lease") = Some((term, sent));
+    }
 }
 
 fn now_ns() -> i64 {
@@ -53,9 +82,11 @@ impl MetaService {
             store_dead_after_ns: config.store_dead_after_ms as i64 * 1_000_000,
         };
         tokio::spawn(write_batcher(raft.clone(), wrx));
-        tokio::spawn(read_gate(raft.clone(), rrx));
+        let window = READ_LEASE_MAX.min(Duration::from_millis(config.election_timeout_max_ms) / 3);
+        let read_lease = Arc::new(ReadLease { window, last: std::sync::Mutex::new(None) });
+        tokio::spawn(read_gate(raft.clone(), rrx, read_lease.clone()));
         let promises = Promises::new(Duration::from_millis(config.callback_lease_ms.max(1)));
-        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises })
+        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises, read_lease })
     }
 
     /// Propose a command through the batcher and wait for its reply.
@@ -65,8 +96,12 @@ impl MetaService {
         rx.await.map_err(|_| FsError::Unavailable("shutting down".into()))?
     }
 
-    /// Wait until this node may serve a linearizable read.
+    /// Wait until this node may serve a linearizable read: at once within a read lease, else
+    /// after a leadership check shared with every read waiting at that moment.
     async fn read_barrier(&self) -> Result<(), FsError> {
+        if self.read_lease.holds(&self.raft) {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         self.reads.send(tx).await.map_err(|_| FsError::Unavailable("shutting down".into()))?;
         rx.await.map_err(|_| FsError::Unavailable("shutting down".into()))?
@@ -324,14 +359,21 @@ async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>) {
 
 /// Batched linearizable reads: one `ensure_linearizable` (a heartbeat round to a quorum, then
 /// waiting until the read point is applied) serves every read that was waiting when it began.
-async fn read_gate(raft: MetaRaft, mut rx: mpsc::Receiver<ReadWaiter>) {
+async fn read_gate(raft: MetaRaft, mut rx: mpsc::Receiver<ReadWaiter>, lease: Arc<ReadLease>) {
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiting.push(w);
         }
+        let term = raft.metrics().borrow().current_term;
+        let sent = tokio::time::Instant::now();
         let result = match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Everything committed when the check began is applied here now; writes acknowledged
+                // later were applied here before their acknowledgement.
+                lease.confirmed(term, sent);
+                Ok(())
+            }
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(FsError::NotLeader { leader_hint: f.leader_id.map(MetaNodeId) })
             }

@@ -82,6 +82,8 @@ pub enum MetaOp {
     /// polls gets cache promises on what it looks up (answers wrapped in [`MetaReply::Promised`]).
     /// `term`: the leader term of the promises the session still holds, 0 if none.
     WatchCallbacks { acks: Vec<u64>, term: u64 },
+    /// `Create` of a regular file followed by `Open` of it, in one command (one log write).
+    CreateOpen { parent: FileHandle, name: String, mode: u32, exclusive: bool },
 }
 
 /// Longest extended attribute value.
@@ -208,6 +210,7 @@ impl MetaOp {
             MetaOp::SetAttr { handle, .. } | MetaOp::Commit(Commit { handle, .. }) => vec![Invalidate::Inode(handle.inode)],
             MetaOp::SetXattr { handle, .. } | MetaOp::RemoveXattr { handle, .. } => vec![Invalidate::Inode(handle.inode)],
             MetaOp::Create { parent, name, .. }
+            | MetaOp::CreateOpen { parent, name, .. }
             | MetaOp::Mkdir { parent, name, .. }
             | MetaOp::Symlink { parent, name, .. }
             | MetaOp::Unlink { parent, name }

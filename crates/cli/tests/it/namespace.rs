@@ -120,6 +120,9 @@ async fn stale_handles_and_orphans() {
     assert_eq!(client.getattr(forged).await, Err(FsError::Stale));
 }
 
+/// Slices in a chunk from which the compactor merges them (`shoal_meta_core::COMPACT_SLICES_MIN`).
+const COMPACT_SLICES_MIN: usize = 16;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_written_in_many_pieces_is_compacted() {
     let c = TestCluster::start();
@@ -141,7 +144,9 @@ async fn file_written_in_many_pieces_is_compacted() {
             shoal_types::meta_msg::MetaReply::Layout(l) => l,
             other => panic!("{other:?}"),
         };
-        if layout.chunks[0].1.len() == 1 {
+        // 42 pieces were laid; the compactor may run between the writes, leaving a short tail
+        // of slices after its last pass (fewer than it compacts).
+        if layout.chunks[0].1.len() < COMPACT_SLICES_MIN {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "not compacted: {} slices", layout.chunks[0].1.len());
