@@ -139,20 +139,25 @@ impl Promises {
         st.breaks += 1;
         let counter = st.breaks;
         let mut per_holder: HashMap<SessionId, (Vec<Invalidate>, Instant)> = HashMap::new();
+        // Every item reaches every holder of its inode: gather them all before any promise is
+        // dropped (a rename names two entries of one directory).
         for item in items {
             let ino = item.inode();
             st.stripes[stripe(ino)] = counter;
-            let Some(holders) = st.holders.get_mut(&ino) else { continue };
-            let broken: Vec<(SessionId, Instant)> =
-                holders.iter().filter(|(s, exp)| **s != writer && **exp > now).map(|(s, e)| (*s, *e)).collect();
-            holders.retain(|s, _| *s == writer);
-            if holders.is_empty() {
-                st.holders.remove(&ino);
-            }
-            for (s, exp) in broken {
-                let e = per_holder.entry(s).or_insert_with(|| (Vec::new(), exp));
+            let Some(holders) = st.holders.get(&ino) else { continue };
+            for (s, exp) in holders.iter().filter(|(s, exp)| **s != writer && **exp > now) {
+                let e = per_holder.entry(*s).or_insert_with(|| (Vec::new(), *exp));
                 e.0.push(item.clone());
-                e.1 = e.1.max(exp);
+                e.1 = e.1.max(*exp);
+            }
+        }
+        for item in items {
+            let ino = item.inode();
+            if let Some(holders) = st.holders.get_mut(&ino) {
+                holders.retain(|s, _| *s == writer);
+                if holders.is_empty() {
+                    st.holders.remove(&ino);
+                }
             }
         }
         let mut waits = Vec::new();
@@ -373,6 +378,8 @@ mod tests {
         let items = vec![
             Invalidate::Entry { parent: InodeId(1), name: "x".into() },
             Invalidate::Entry { parent: InodeId(9), name: "y".into() },
+            // A rename within one directory names two of its entries: both must arrive.
+            Invalidate::Entry { parent: InodeId(1), name: "z".into() },
         ];
         assert_eq!(p.break_promises(B, &items, now).len(), 1);
         let (cbs, _) = p.poll(A, &[], true, now);
