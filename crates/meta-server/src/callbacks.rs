@@ -2,8 +2,8 @@
 //!
 //! A session that polls the callback channel ([`MetaOp::WatchCallbacks`]) is a *watcher*. When a
 //! watcher looks an inode up, the leader records a promise on it (and on the directory looked
-//! in) that lasts one lease. A mutation that changes a promised inode breaks the promise: the
-//! holder is sent a callback, and the mutation's reply waits until the holder acknowledged it or
+//! in) that lasts one lease. Every mutation that changes a promised inode within the lease
+//! sends the holder a callback, and the mutation's reply waits until the holder acknowledged it or
 //! its lease ran out, so a client that opens a file after another client's close never reads
 //! from a cache the close made stale, even when a callback is lost.
 //!
@@ -139,8 +139,8 @@ impl Promises {
         st.breaks += 1;
         let counter = st.breaks;
         let mut per_holder: HashMap<SessionId, (Vec<Invalidate>, Instant)> = HashMap::new();
-        // Every item reaches every holder of its inode: gather them all before any promise is
-        // dropped (a rename names two entries of one directory).
+        // A promise holds for its whole lease: a holder hears of every change until it ends,
+        // not only of the first (its other cached entries of that directory stay cached).
         for item in items {
             let ino = item.inode();
             st.stripes[stripe(ino)] = counter;
@@ -151,21 +151,11 @@ impl Promises {
                 e.1 = e.1.max(*exp);
             }
         }
-        for item in items {
-            let ino = item.inode();
-            if let Some(holders) = st.holders.get_mut(&ino) {
-                holders.retain(|s, _| *s == writer);
-                if holders.is_empty() {
-                    st.holders.remove(&ino);
-                }
-            }
-        }
         let mut waits = Vec::new();
         for (session, (items, expiry)) in per_holder {
             let id = st.next_callback;
             st.next_callback += 1;
             let Some(w) = st.watchers.get_mut(&session) else { continue };
-            w.promises = w.promises.saturating_sub(items.len());
             let (tx, rx) = oneshot::channel();
             w.queue.push(Callback { id, items });
             w.unacked.insert(id, tx);
@@ -343,7 +333,7 @@ mod tests {
         assert!(p.begin(A, &[InodeId(5)], now).is_some());
         let waits = p.break_promises(B, &[Invalidate::Inode(InodeId(5))], now);
         assert_eq!(waits.len(), 1);
-        assert_eq!(p.holders_of(InodeId(5)), 0, "a broken promise is gone");
+        assert_eq!(p.holders_of(InodeId(5)), 1, "a promise lasts its lease: later changes are called back too");
         let (cbs, _) = p.poll(A, &[], true, now);
         assert_eq!(cbs.len(), 1);
         assert_eq!(cbs[0].items, vec![Invalidate::Inode(InodeId(5))]);

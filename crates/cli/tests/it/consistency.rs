@@ -61,8 +61,12 @@ fn close_to_open(c: &TestCluster, b: &Path, a: &Path, n: usize) {
         // Prime B's caches (entry, attributes, pages) with the current version.
         assert_eq!(std::fs::read(b.join("f")).unwrap(), content, "round {round}: B before the change");
         let _ = std::fs::metadata(b.join("f")).unwrap();
+        // Every other round, B also keeps the file open across the change (a rename-over then
+        // leaves B holding the replaced inode, still alive as an orphan).
+        let held = (round % 2 == 1).then(|| std::fs::File::open(b.join("f")).unwrap());
         change(a, round, &mut content);
         let seen = std::fs::read(b.join("f")).unwrap();
+        drop(held);
         if seen != content {
             stale.push((round, String::from_utf8_lossy(&seen).into_owned()));
         }
