@@ -104,6 +104,24 @@ fn commit_pending(rt: &tokio::runtime::Handle, client: &Client, local_changes: &
     Ok(())
 }
 
+/// How long a closed file's open record may wait to be released with others.
+pub const RELEASE_DELAY: Duration = Duration::from_millis(20);
+
+/// Release the open records of closed files, all waiting ones at once.
+fn send_releases(rt: &tokio::runtime::Handle, client: &Client, releases: &Mutex<Vec<FileHandle>>) {
+    let handles = std::mem::take(&mut *releases.lock().expect("releases"));
+    if handles.is_empty() {
+        return;
+    }
+    let results = rt.block_on(futures::future::join_all(handles.iter().map(|h| client.release(*h))));
+    for (h, r) in handles.iter().zip(results) {
+        if let Err(e) = r {
+            // The session's end releases it anyway.
+            tracing::warn!(inode = h.inode.0, "release failed: {e}");
+        }
+    }
+}
+
 /// Data put and not committed is committed after this long even if the file stays open, well
 /// before the intents covering its blobs expire.
 pub const PENDING_AGE_MAX: Duration = Duration::from_secs(60);
@@ -139,6 +157,8 @@ pub struct ShoalFs {
     /// Bumped by every change of file contents made through this mount (no callback tells this
     /// mount about its own changes): cached layouts from before are dropped.
     local_changes: Arc<AtomicU64>,
+    /// Closed files whose open records are still to be released ([`send_releases`]).
+    releases: Arc<Mutex<Vec<FileHandle>>>,
     whole_file_bytes: u64,
     /// Read-only opens keep reading the version they opened (`--consistency open-snapshot`).
     open_snapshot: bool,
@@ -189,6 +209,7 @@ impl ShoalFs {
             promises: Arc::new(Promises::default()),
             page_versions: Mutex::new(HashMap::new()),
             local_changes: Arc::new(AtomicU64::new(0)),
+            releases: Arc::new(Mutex::new(Vec::new())),
             whole_file_bytes: 0,
             open_snapshot: false,
         }
@@ -674,8 +695,10 @@ impl Filesystem for ShoalFs {
         let flushed = self.flush_file(&file);
         self.open.lock().expect("open").remove(&fh.0);
         let handle = file.lock().expect("file").handle;
-        let released = self.run(self.client.release(handle));
-        match flushed.and(released) {
+        // The open record is released a moment later, together with others (one log entry for
+        // many closes instead of one each, out of the way of the next create).
+        self.releases.lock().expect("releases").push(handle);
+        match flushed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -823,6 +846,7 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     fs.whole_file_bytes = opts.whole_file_bytes;
     fs.open_snapshot = opts.open_snapshot;
     let promises = fs.promises.clone();
+    let releases = fs.releases.clone();
     let (open, changes, flusher_rt, flusher_client) = (fs.open.clone(), fs.local_changes.clone(), rt.clone(), client.clone());
     std::thread::Builder::new()
         .name("old-writes".into())
@@ -831,8 +855,16 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     let notifier = session.notifier();
     // Fault injection for tests: a mount whose callback channel is cut.
     let ignore = std::env::var_os("SHOAL_TEST_CUT_CALLBACKS").is_some();
+    let (release_rt, release_client, thread_releases) = (rt.clone(), client.clone(), releases.clone());
+    std::thread::Builder::new().name("releases".into()).spawn(move || loop {
+        std::thread::sleep(RELEASE_DELAY);
+        send_releases(&release_rt, &release_client, &thread_releases);
+    })?;
+    let (last_rt, last_client) = (rt.clone(), client.clone());
     std::thread::Builder::new()
         .name("callbacks".into())
         .spawn(move || promises::callback_loop(rt, client, promises, notifier, ignore))?;
-    session.run()
+    let served = session.run();
+    send_releases(&last_rt, &last_client, &releases);
+    served
 }
