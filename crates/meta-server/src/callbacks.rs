@@ -33,8 +33,14 @@ const STRIPES: usize = 4096;
 /// Promises held per session at most; beyond it, reads are answered without a promise.
 pub const PROMISES_PER_SESSION_MAX: usize = 1 << 20;
 
-/// A mutation waits for these: one per holder whose promise it broke, with that holder's expiry.
-pub type AckWait = (oneshot::Receiver<()>, Instant);
+/// A mutation waits for these: one per holder whose promise it broke, until that holder
+/// acknowledges or its promise expires.
+pub struct AckWait {
+    pub holder: SessionId,
+    pub callback: u64,
+    pub acked: oneshot::Receiver<()>,
+    pub expiry: Instant,
+}
 
 pub struct Promises {
     lease: Duration,
@@ -160,7 +166,7 @@ impl Promises {
             w.queue.push(Callback { id, items });
             w.unacked.insert(id, tx);
             w.wake.notify_one();
-            waits.push((rx, expiry));
+            waits.push(AckWait { holder: session, callback: id, acked: rx, expiry });
         }
         waits
     }
@@ -337,11 +343,11 @@ mod tests {
         let (cbs, _) = p.poll(A, &[], true, now);
         assert_eq!(cbs.len(), 1);
         assert_eq!(cbs[0].items, vec![Invalidate::Inode(InodeId(5))]);
-        let (mut rx, expiry) = waits.into_iter().next().unwrap();
-        assert_eq!(expiry, now + Duration::from_secs(5));
-        assert!(rx.try_recv().is_err(), "not acknowledged yet");
+        let mut wait = waits.into_iter().next().unwrap();
+        assert_eq!((wait.holder, wait.callback, wait.expiry), (A, cbs[0].id, now + Duration::from_secs(5)));
+        assert!(wait.acked.try_recv().is_err(), "not acknowledged yet");
         p.poll(A, &[cbs[0].id], true, now);
-        assert!(rx.try_recv().is_ok());
+        assert!(wait.acked.try_recv().is_ok());
     }
 
     #[tokio::test]

@@ -196,9 +196,10 @@ impl MetaService {
             }
         }
         let waits = self.promises.break_promises(writer, items, tokio::time::Instant::now());
-        for (rx, expiry) in waits {
-            if tokio::time::timeout_at(expiry, rx).await.is_err() {
-                tracing::debug!("a callback was not acknowledged within its lease");
+        for w in waits {
+            if tokio::time::timeout_at(w.expiry, w.acked).await.is_err() {
+                // The change went ahead only once the holder's promise ran out.
+                tracing::warn!(session = w.holder.0, callback = w.callback, "a mount did not acknowledge a callback: waited for its promise to expire");
             }
         }
     }
