@@ -6,6 +6,8 @@
 //! DIR/meta-N/meta.toml      metadata node N: config, redb database, snapshots
 //! DIR/store-N/store.toml    storage server N: config, blobs
 //! DIR/client.toml           how clients find and trust the cluster
+//! DIR/secrets/              cluster.keys (ticket keys, for the metadata nodes) and admin.key
+//!                           (the admin principal's key), both readable by the owner only
 //! DIR/logs/, DIR/pids/      process logs and pid files
 //! ```
 
@@ -52,6 +54,70 @@ pub struct InitOptions {
     pub store_capacity_bytes: u64,
     pub snapshot_every_entries: u64,
     pub callback_lease_ms: u64,
+    pub ticket_lifetime_s: u64,
+    pub ticket_renew_s: u64,
+}
+
+impl Default for InitOptions {
+    fn default() -> InitOptions {
+        InitOptions {
+            metas: 3,
+            stores: 4,
+            store_capacity_bytes: 0,
+            snapshot_every_entries: defaults::snapshot_every_entries(),
+            callback_lease_ms: defaults::callback_lease_ms(),
+            ticket_lifetime_s: defaults::ticket_lifetime_s(),
+            ticket_renew_s: defaults::ticket_renew_s(),
+        }
+    }
+}
+
+/// Write a secret file readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Create the cluster's ticket keys and the admin's key under DIR/secrets; returns their paths
+/// and the public key for capabilities.
+fn write_secrets(dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    use std::os::unix::fs::DirBuilderExt;
+    let secrets = dir.join("secrets");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&secrets)?;
+    let keys = shoal_auth::ClusterKeys::generate();
+    let (keys_file, admin_file) = (secrets.join("cluster.keys"), secrets.join("admin.key"));
+    write_secret(&keys_file, &keys.to_text())?;
+    write_secret(&admin_file, &format!("{}\n", keys.admin_key().to_hex()))?;
+    Ok((keys_file, admin_file, shoal_auth::hex(&keys.cap_public_key())))
+}
+
+/// Give a cluster made before tickets existed its keys (run by `up`).
+pub fn add_missing_secrets(dir: &Path, c: &ClusterFile) -> Result<()> {
+    if dir.join("secrets").join("cluster.keys").exists() {
+        return Ok(());
+    }
+    let (keys_file, admin_file, cap_key) = write_secrets(dir)?;
+    for s in &c.stores {
+        let path = dir.join(format!("store-{}", s.id)).join("store.toml");
+        let mut cfg: StoreConfig = read_toml(&path)?;
+        cfg.capability_key = Some(cap_key.clone());
+        write_toml(&path, &cfg)?;
+    }
+    for m in &c.metas {
+        let path = dir.join(format!("meta-{}", m.id)).join("meta.toml");
+        let mut cfg: MetaConfig = read_toml(&path)?;
+        cfg.auth_keys = Some(keys_file.clone());
+        write_toml(&path, &cfg)?;
+    }
+    let mut client: ClientConfig = read_toml(&dir.join("client.toml"))?;
+    client.admin_key = Some(admin_file);
+    write_toml(&dir.join("client.toml"), &client)?;
+    println!("created ticket keys in {}", dir.join("secrets").display());
+    Ok(())
 }
 
 /// Create the CA, certificates and configuration of a local cluster under `dir`.
@@ -64,6 +130,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
     std::fs::create_dir_all(dir.join("pids"))?;
     let dir = dir.canonicalize()?;
     let tls_dir = dir.join("tls");
+    let (keys_file, admin_file, cap_key) = write_secrets(&dir)?;
     let name = format!("shoal-{:08x}", rand_u32());
     let ca = Ca::generate(&name)?;
     shoal_pki::write_ca(&tls_dir, &ca)?;
@@ -93,6 +160,10 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
             store_dead_after_ms: defaults::store_dead_after_ms(),
             snapshot_every_entries: opts.snapshot_every_entries,
             callback_lease_ms: opts.callback_lease_ms,
+            auth_keys: Some(keys_file.clone()),
+            ticket_lifetime_s: opts.ticket_lifetime_s,
+            ticket_renew_s: opts.ticket_renew_s,
+            clock_skew_s: defaults::clock_skew_s(),
         };
         write_toml(&data_dir.join("meta.toml"), &cfg)?;
     }
@@ -109,11 +180,12 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
             tls,
             capacity_bytes: opts.store_capacity_bytes,
             heartbeat_ms: defaults::store_heartbeat_ms(),
+            capability_key: Some(cap_key.clone()),
         };
         write_toml(&data_dir.join("store.toml"), &cfg)?;
     }
     let tls = shoal_pki::write_files(&tls_dir, "client", &ca.issue(Role::Client, "client", &[])?)?;
-    write_toml(&dir.join("client.toml"), &ClientConfig { meta: metas.clone(), tls })?;
+    write_toml(&dir.join("client.toml"), &ClientConfig { meta: metas.clone(), tls, admin_key: Some(admin_file) })?;
     let cluster = ClusterFile { name, metas, stores };
     write_toml(&dir.join("cluster.toml"), &cluster)?;
     Ok(cluster)

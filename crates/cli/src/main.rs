@@ -6,6 +6,7 @@ mod bench;
 mod cluster;
 mod files;
 mod mount;
+mod users;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -44,6 +45,12 @@ enum Cmd {
         /// an unreachable mount.
         #[arg(long, default_value_t = shoal_types::config::defaults::callback_lease_ms())]
         callback_lease_ms: u64,
+        /// How long a ticket lasts (s).
+        #[arg(long, default_value_t = shoal_types::config::defaults::ticket_lifetime_s())]
+        ticket_lifetime_s: u64,
+        /// How long after a login its ticket may be renewed (s).
+        #[arg(long, default_value_t = shoal_types::config::defaults::ticket_renew_s())]
+        ticket_renew_s: u64,
     },
     /// Start the local cluster (initializing it first if needed); returns once healthy with
     /// --detach, else stays in the foreground and stops everything on Ctrl-C.
@@ -121,6 +128,21 @@ enum Cmd {
         path: String,
     },
     Df,
+    /// Manage the users who can log in (the admin only).
+    User {
+        #[command(subcommand)]
+        cmd: users::UserCmd,
+    },
+    /// Log in: cache a ticket-granting ticket that later commands and mounts act with.
+    Login {
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Who commands act as.
+    Whoami,
+    /// Forget the cached ticket.
+    Logout,
     /// Measure a running cluster: bare rustls streams, 3-copy put and get, creates/s with 16
     /// clients, create latency. Prints a table; asserts nothing.
     Bench {
@@ -177,7 +199,7 @@ fn exit_code(e: &anyhow::Error) -> (i32, String) {
     let code = match e.downcast_ref::<FsError>() {
         Some(FsError::NotFound) => 2,
         Some(FsError::Stale) => 3,
-        Some(FsError::PermissionDenied | FsError::NotPermitted) => 4,
+        Some(FsError::PermissionDenied | FsError::NotPermitted | FsError::Unauthenticated(_) | FsError::TicketExpired) => 4,
         Some(FsError::NoSpace) => 5,
         Some(FsError::Exists) => 6,
         Some(FsError::Unavailable(_) | FsError::NotLeader { .. }) => 7,
@@ -195,7 +217,8 @@ pub async fn connect(dir: &Path) -> Result<Arc<Client>> {
     let config: ClientConfig = cluster::read_toml(&dir.join("client.toml"))
         .with_context(|| format!("no cluster found in {} (run `shoal up --dir {}` first)", dir.display(), dir.display()))?;
     let name = format!("cli-{}", std::process::id());
-    Ok(Client::connect(&config, local_credentials(), &name).await.context("connect to the cluster")?)
+    let login = users::login_for(dir, &config)?;
+    Ok(Client::connect_as(&config, login, local_credentials(), &name).await.context("connect to the cluster")?)
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -211,13 +234,15 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg: StoreConfig = cluster::read_toml(&config)?;
             shoal_store_server::run(cfg).await
         }
-        Cmd::Init { metas, stores, store_capacity, snapshot_every, callback_lease_ms } => {
+        Cmd::Init { metas, stores, store_capacity, snapshot_every, callback_lease_ms, ticket_lifetime_s, ticket_renew_s } => {
             let opts = cluster::InitOptions {
                 metas,
                 stores,
                 store_capacity_bytes: store_capacity,
                 snapshot_every_entries: snapshot_every,
                 callback_lease_ms,
+                ticket_lifetime_s,
+                ticket_renew_s,
             };
             let c = cluster::init(&dir, &opts)?;
             println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());
@@ -235,6 +260,10 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Status { json } => files::status(&dir, json).await,
+        Cmd::User { cmd } => users::user(&dir, cmd).await,
+        Cmd::Login { user, password_stdin } => users::login(&dir, &user, password_stdin).await,
+        Cmd::Whoami => users::whoami(&dir),
+        Cmd::Logout => users::logout(&dir),
         Cmd::Bench { size_mib, creates, rounds, files } => bench::run(&dir, size_mib, creates, rounds, files).await,
         other => files::run(&dir, other).await,
     }
@@ -242,17 +271,12 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result<()> {
     if !dir.join("cluster.toml").exists() {
-        let c = cluster::init(dir, &cluster::InitOptions {
-            metas: 3,
-            stores: 4,
-            store_capacity_bytes: 0,
-            snapshot_every_entries: shoal_types::config::defaults::snapshot_every_entries(),
-            callback_lease_ms: shoal_types::config::defaults::callback_lease_ms(),
-        })?;
+        let c = cluster::init(dir, &cluster::InitOptions::default())?;
         println!("initialized cluster {} in {}", c.name, dir.display());
     }
     let dir = dir.canonicalize()?;
     let c: cluster::ClusterFile = cluster::read_toml(&dir.join("cluster.toml"))?;
+    cluster::add_missing_secrets(&dir, &c)?;
     // Listen for Ctrl-C and SIGTERM before anything starts, so a signal at any moment stops the
     // cluster cleanly instead of killing only this process.
     use tokio::signal::unix::{signal, SignalKind};

@@ -69,9 +69,10 @@ pub struct Written {
 }
 
 impl Client {
-    /// Put one blob on `copies` distinct servers among `targets`; returns the servers that
-    /// acknowledged it durable, at least `quorum` of them.
-    pub async fn put_blob(&self, targets: &[StoreAddr], policy: Policy, blob: BlobId, data: Bytes, crc: u32) -> FsResult<Vec<StoreId>> {
+    /// Put one blob of `intent` on `copies` distinct servers among its targets; returns the
+    /// servers that acknowledged it durable, at least `quorum` of them.
+    pub async fn put_blob(&self, intent: &Intent, blob: BlobId, data: Bytes, crc: u32) -> FsResult<Vec<StoreId>> {
+        let (targets, policy) = (&intent.targets[..], intent.policy);
         let want = policy.copies().min(targets.len());
         let quorum = policy.write_quorum();
         let mut next = 0;
@@ -81,7 +82,7 @@ impl Client {
         let put = |t: StoreAddr| {
             let data = data.clone();
             async move {
-                let r = self.store_call(&t.addr, &StoreRequest::Put { blob, crc }, &data).await;
+                let r = self.store_call(&t.addr, &StoreRequest::Put { blob, crc }.with_cap(intent.cap.as_deref()), &data).await;
                 (t, r)
             }
         };
@@ -173,7 +174,7 @@ impl Client {
             offset += n as u64;
             in_flight.push(tokio::spawn(async move {
                 let len = data.len() as u64;
-                let stores = client.put_blob(&i.targets, i.policy, blob, data, crc).await?;
+                let stores = client.put_blob(&i, blob, data, crc).await?;
                 Ok::<_, FsError>(Written { blob: NewBlob { blob, len, crc, stores }, file_offset })
             }));
             while in_flight.len() >= PUTS_IN_FLIGHT_MAX {
@@ -225,7 +226,7 @@ impl Client {
                 }
             };
             let crc = crc32c::crc32c(&piece);
-            let stores = self.put_blob(&intent.targets, intent.policy, blob, piece, crc).await?;
+            let stores = self.put_blob(&intent, blob, piece, crc).await?;
             written.push(Written { blob: NewBlob { blob, len: n as u64, crc, stores }, file_offset });
             pos += n;
         }
@@ -393,7 +394,7 @@ impl Client {
         let mut order: Vec<&StoreAddr> = loc.stores[first.min(loc.stores.len())..].iter().chain(loc.stores[..first.min(loc.stores.len())].iter()).collect();
         order.sort_by_key(|s| self.is_suspect(s.store));
         for s in order {
-            match self.store_call(&s.addr, &StoreRequest::Get { blob: loc.blob, offset, len }, &[]).await {
+            match self.store_call(&s.addr, &StoreRequest::Get { blob: loc.blob, offset, len }.with_cap(loc.cap.as_deref()), &[]).await {
                 Ok((StoreReply::Data { .. }, data)) => {
                     if data.len() as u64 != len {
                         last_err = FsError::Corrupt(format!("blob {} on {}: short read", loc.blob, s.addr));
@@ -472,7 +473,7 @@ impl Client {
         let intent = self.reserve(handle, 1, chunk_len).await?;
         let crc = crc32c::crc32c(&data);
         let blob = intent.blobs[0];
-        let stores = self.put_blob(&intent.targets, intent.policy, blob, data, crc).await?;
+        let stores = self.put_blob(&intent, blob, data, crc).await?;
         let op = MetaOp::CompactChunk {
             handle,
             idx,

@@ -10,6 +10,9 @@
 
 pub mod cache;
 pub mod data;
+mod tickets;
+
+pub use tickets::Login;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -48,6 +51,8 @@ pub struct Client {
     suspects: Mutex<HashMap<StoreId, std::time::Instant>>,
     /// Blocks of blobs read before (a mount sets one; the CLI reads without).
     block_cache: std::sync::OnceLock<Arc<cache::BlockCache>>,
+    /// The tickets every metadata request carries (none for a storage server's client).
+    tickets: Option<tickets::Tickets>,
 }
 
 /// Share of a promise's lease a client relies on (a margin for clocks that run at different
@@ -72,19 +77,26 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Client {
-    /// Connect and open a session named `client_name`.
+    /// Connect as the admin (with the key file the configuration names) and open a session
+    /// named `client_name`.
     pub async fn connect(config: &ClientConfig, cred: Credentials, client_name: &str) -> FsResult<Arc<Client>> {
-        let tls = shoal_pki::client_config(&config.tls).map_err(|e| FsError::Invalid(format!("TLS files: {e}")))?;
-        Self::connect_with(config, tls, cred, client_name).await
+        Self::connect_as(config, Self::admin_login(config)?, cred, client_name).await
     }
 
-    pub async fn connect_with(
-        config: &ClientConfig,
-        tls: Arc<rustls::ClientConfig>,
-        cred: Credentials,
-        client_name: &str,
-    ) -> FsResult<Arc<Client>> {
+    /// The admin's login, from the key file the configuration names.
+    pub fn admin_login(config: &ClientConfig) -> FsResult<Login> {
+        let path = config.admin_key.as_ref().ok_or_else(|| FsError::Unauthenticated("not logged in: run `shoal login USER`".into()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| FsError::Unauthenticated(format!("not logged in (run `shoal login USER`), and the admin key {} is not readable: {e}", path.display())))?;
+        let key = shoal_auth::Key::from_hex(&text).map_err(|e| FsError::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(Login::Key { user: shoal_auth::ADMIN.into(), key })
+    }
+
+    /// Connect with the tickets `login` gives and open a session named `client_name`.
+    /// `cred`: the local user requests act for (honoured only for the trusted admin).
+    pub async fn connect_as(config: &ClientConfig, login: Login, cred: Credentials, client_name: &str) -> FsResult<Arc<Client>> {
+        let tls = shoal_pki::client_config(&config.tls).map_err(|e| FsError::Invalid(format!("TLS files: {e}")))?;
         let mut client = Self::without_session(config, tls, cred)?;
+        client.log_in(login).await?;
         let lease_ms = match client.send_meta(MetaOp::OpenSession { client: client_name.into() }, 0).await? {
             MetaReply::Session { session, lease_ms } => {
                 client.session = session;
@@ -130,6 +142,7 @@ impl Client {
             keepalive: Mutex::new(None),
             suspects: Mutex::new(HashMap::new()),
             block_cache: std::sync::OnceLock::new(),
+            tickets: None,
         })
     }
 
@@ -169,7 +182,8 @@ impl Client {
                 let lease = Duration::from_millis(lease_ms).mul_f64(PROMISE_SHARE);
                 (Ok(*reply), Some(sent + lease))
             }
-            other => (other, None),
+            // A layout or intent keeps its capability for the storage servers.
+            other => (other.map(MetaReply::attach_capability), None),
         }
     }
 
@@ -180,12 +194,8 @@ impl Client {
     /// stop trusting its promises before polling again (the next poll follows the leader hint).
     /// `term`: the term of the promises still held (0 after dropping them all).
     pub async fn watch(&self, acks: Vec<u64>, term: u64) -> FsResult<(u64, Duration, Vec<Callback>)> {
-        let req = MetaWireReq::Client(MetaRequest {
-            session: self.session,
-            seq: 0,
-            cred: self.cred.clone(),
-            op: MetaOp::WatchCallbacks { acks, term },
-        });
+        self.refresh_tickets(false).await?;
+        let req = self.wire(MetaRequest { session: self.session, seq: 0, cred: self.cred.clone(), op: MetaOp::WatchCallbacks { acks, term } });
         let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();
         let rpc = &self.meta[idx].1;
         match rpc.call::<_, MetaWireResp>(&req, &[]).await {
@@ -211,13 +221,20 @@ impl Client {
     }
 
     async fn send_meta_as(&self, cred: &Credentials, op: MetaOp, seq: u64) -> MetaResponse {
-        let req = MetaWireReq::Client(MetaRequest { session: self.session, seq, cred: cred.clone(), op });
+        let req = MetaRequest { session: self.session, seq, cred: cred.clone(), op };
         let mut last_err = FsError::Unavailable("no metadata server answered".into());
+        let mut renewed = false;
         for attempt in 0..META_ATTEMPTS_MAX {
             let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();
             let (_, rpc) = &self.meta[idx];
-            let result: Result<(MetaWireResp, Bytes), _> = rpc.call(&req, &[]).await;
+            self.refresh_tickets(false).await?;
+            // Each attempt carries a fresh authenticator: the server accepts each only once.
+            let result: Result<(MetaWireResp, Bytes), _> = rpc.call(&self.wire(req.clone()), &[]).await;
             match result {
+                Ok((MetaWireResp::Client(Err(FsError::TicketExpired)), _)) if !renewed => {
+                    renewed = true;
+                    self.refresh_tickets(true).await?;
+                }
                 Ok((MetaWireResp::Client(Err(FsError::NotLeader { leader_hint })), _)) => {
                     let next = leader_hint
                         .and_then(|h| self.meta.iter().position(|(id, _)| *id == h))

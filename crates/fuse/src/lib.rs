@@ -56,6 +56,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Fenced { .. } | FsError::Protocol(_) | FsError::Internal(_) => libc::EIO,
         FsError::NoAttribute => libc::ENODATA,
         FsError::NotSupported(_) => libc::EOPNOTSUPP,
+        FsError::Unauthenticated(_) | FsError::TicketExpired => libc::EACCES,
     })
 }
 

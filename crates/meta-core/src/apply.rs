@@ -227,8 +227,38 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::Release { handle } => self.release(req.session, handle),
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
             MetaOp::Commit(c) => self.commit(cred, c),
+            MetaOp::AddUser(rec) => self.add_user(cred, rec),
+            MetaOp::RemoveUser { name } => self.remove_user(cred, name),
             other => Err(FsError::Invalid(format!("not a mutation: {other:?}"))),
         }
+    }
+
+    // ---- users ----
+
+    fn add_user(&mut self, cred: &Credentials, rec: &UserRec) -> MetaResponse {
+        if cred.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        check_user_name(&rec.name)?;
+        if rec.salt.is_empty() || rec.salt.len() > 64 || rec.groups.len() > 64 {
+            return Err(FsError::Invalid("bad user record".into()));
+        }
+        if crate::user(self.kv, &rec.name).is_some() {
+            return Err(FsError::Exists);
+        }
+        store(self.kv, Table::Users, rec.name.as_bytes(), rec);
+        Ok(MetaReply::Ok)
+    }
+
+    fn remove_user(&mut self, cred: &Credentials, name: &str) -> MetaResponse {
+        if cred.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        if crate::user(self.kv, name).is_none() {
+            return Err(FsError::NotFound);
+        }
+        self.kv.delete(Table::Users, name.as_bytes());
+        Ok(MetaReply::Ok)
     }
 
     // ---- sessions ----
@@ -909,7 +939,7 @@ impl<K: Kv> Sm<'_, K> {
             store(self.kv, Table::Intents, &key::u64(id.0), &IntentRec { inode: handle.inode, session, expires, policy });
             blobs.push(id);
         }
-        Ok(MetaReply::Intent(Intent { blobs, targets, policy, expires }))
+        Ok(MetaReply::Intent(Intent { blobs, targets, policy, expires, cap: None }))
     }
 
     /// Live servers with room for `bytes`, most free space first. Ties break by id.
@@ -1118,4 +1148,18 @@ impl<K: Kv> Sm<'_, K> {
             .filter(|s| load::<StoreRec>(self.kv, Table::Stores, &key::u64(s.0)).is_some_and(|r| r.alive))
             .count()
     }
+}
+
+/// Names of users: 1 to 32 of `a-z 0-9 _ . -`, starting with a letter; "admin" is built in.
+fn check_user_name(name: &str) -> Result<(), FsError> {
+    let ok = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+    if !ok {
+        return Err(FsError::Invalid(format!("bad user name {name:?}: use 1 to 32 of a-z, 0-9, _ . - starting with a letter")));
+    }
+    if name == "admin" {
+        return Err(FsError::Invalid("\"admin\" is the built-in administrator".into()));
+    }
+    Ok(())
 }

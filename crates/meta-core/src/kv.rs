@@ -46,9 +46,11 @@ pub enum Table {
     /// (inode, blob) -> (): blobs no version of an open file references any more, kept until
     /// its last close, since a reader may still read the version it opened.
     HeldBlobs,
+    /// name -> `UserRec`: who can log in (with their derived keys).
+    Users,
 }
 
-pub const TABLES: [Table; 18] = [
+pub const TABLES: [Table; 19] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -67,6 +69,7 @@ pub const TABLES: [Table; 18] = [
     Table::Fragmented,
     Table::Xattrs,
     Table::HeldBlobs,
+    Table::Users,
 ];
 
 impl Table {
@@ -90,6 +93,7 @@ impl Table {
             Table::Fragmented => "fragmented",
             Table::Xattrs => "xattrs",
             Table::HeldBlobs => "held_blobs",
+            Table::Users => "users",
         }
     }
 }

@@ -50,6 +50,11 @@ pub struct PromiseHorizon {
 }
 
 /// The last promise horizon recorded in the log, if any.
+/// A registered user's record (with the key: for the key distribution centre only).
+pub fn user(kv: &impl kv::KvRead, name: &str) -> Option<shoal_types::meta_msg::UserRec> {
+    apply::load(kv, kv::Table::Users, name.as_bytes())
+}
+
 pub fn promise_horizon(kv: &impl kv::KvRead) -> Option<PromiseHorizon> {
     apply::load(kv, kv::Table::Meta, apply::PROMISE_HORIZON_KEY)
 }

@@ -89,7 +89,7 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
                     }
                 }
                 stores.extend(dead);
-                blobs.push(BlobLocation { blob: b, len: info.len, crc: info.crc, stores });
+                blobs.push(BlobLocation { blob: b, len: info.len, crc: info.crc, stores, cap: None });
             }
             Ok(MetaReply::Layout(Layout { attr: attr_of(handle.inode, &rec), chunks, blobs }))
         }
@@ -109,6 +109,15 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
             }))
         }
         MetaOp::Status => Ok(MetaReply::Status(status(kv))),
+        MetaOp::ListUsers => {
+            let rows = kv.scan(Table::Users, &[], &[0xff], usize::MAX);
+            let users = rows
+                .iter()
+                .filter_map(|(_, v)| codec::decode::<UserRec>(v).ok())
+                .map(|u| UserInfo { name: u.name, uid: u.uid, gid: u.gid, groups: u.groups })
+                .collect();
+            Ok(MetaReply::Users(users))
+        }
         MetaOp::GetXattr { handle, name } => {
             let rec = inode_of(kv, handle)?;
             perm::check_xattr(&rec, cred, name, false)?;

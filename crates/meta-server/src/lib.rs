@@ -10,6 +10,7 @@
 //! Architecture invariant: the only clock read here is the leader's, when it stamps a batch of
 //! commands before proposing it; replicas never read a clock while applying.
 
+pub mod auth;
 pub mod callbacks;
 pub mod network;
 pub mod service;
@@ -83,7 +84,8 @@ pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
         }
     }
 
-    let service = service::MetaService::new(raft.clone(), db, &config);
+    let keys = auth::load_keys(&config)?;
+    let service = service::MetaService::new(raft.clone(), db, &config, keys);
     let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(id = config.id.0, %addr, "metadata node serving");
@@ -91,7 +93,7 @@ pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
     tokio::spawn(service::housekeeping(service.clone(), Duration::from_millis(500)));
     tokio::spawn(service::compactor(
         service.clone(),
-        shoal_types::config::ClientConfig { meta: config.peers.clone(), tls: config.tls.clone() },
+        shoal_types::config::ClientConfig { meta: config.peers.clone(), tls: config.tls.clone(), admin_key: None },
         Duration::from_secs(2),
     ));
     Ok(MetaNode { raft, service, serve_task, addr })

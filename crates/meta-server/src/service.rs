@@ -38,6 +38,7 @@ pub struct MetaService {
     reads: mpsc::Sender<ReadWaiter>,
     promises: Promises,
     read_lease: Arc<ReadLease>,
+    pub auth: crate::auth::Auth,
 }
 
 /// How long after a leadership check was *sent* its result may serve reads without another.
@@ -73,7 +74,7 @@ fn now_ns() -> i64 {
 }
 
 impl MetaService {
-    pub fn new(raft: MetaRaft, db: Arc<redb::Database>, config: &MetaConfig) -> Arc<MetaService> {
+    pub fn new(raft: MetaRaft, db: Arc<redb::Database>, config: &MetaConfig, keys: shoal_auth::ClusterKeys) -> Arc<MetaService> {
         let (wtx, wrx) = mpsc::channel(WRITE_QUEUE_MAX);
         let (rtx, rrx) = mpsc::channel(WRITE_QUEUE_MAX);
         let params = Params {
@@ -86,7 +87,8 @@ impl MetaService {
         let read_lease = Arc::new(ReadLease { window, last: std::sync::Mutex::new(None) });
         tokio::spawn(read_gate(raft.clone(), rrx, read_lease.clone()));
         let promises = Promises::new(Duration::from_millis(config.callback_lease_ms.max(1)));
-        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises, read_lease })
+        let auth = crate::auth::Auth::new(keys, config, db.clone());
+        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises, read_lease, auth })
     }
 
     /// Propose a command through the batcher and wait for its reply.
@@ -306,7 +308,28 @@ impl Service for MetaService {
 
     async fn call(self: Arc<Self>, peer: Arc<PeerInfo>, req: MetaWireReq, payload: Bytes) -> (MetaWireResp, Bytes) {
         match req {
-            MetaWireReq::Client(r) => (MetaWireResp::Client(self.client(&peer, r).await), Bytes::new()),
+            MetaWireReq::Client(r) => {
+                // Without a ticket: only a storage server's registration and heartbeats (its
+                // certificate says what it is).
+                if !matches!(r.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_)) {
+                    tracing::warn!(peer = %peer.addr, "refused a request without a ticket");
+                    let e = FsError::Unauthenticated("this cluster needs a ticket: log in with `shoal login`".into());
+                    return (MetaWireResp::Client(Err(e)), Bytes::new());
+                }
+                (MetaWireResp::Client(self.client(&peer, r).await), Bytes::new())
+            }
+            MetaWireReq::Authed { auth, mut req } => {
+                let encoded = codec::encode(&req);
+                let reply = match self.auth.verify(peer.addr, &auth, &encoded, &req.cred) {
+                    Ok(cred) => {
+                        req.cred = cred;
+                        self.client(&peer, req).await.map(|r| self.auth.with_capability(r))
+                    }
+                    Err(e) => Err(e),
+                };
+                (MetaWireResp::Client(reply), Bytes::new())
+            }
+            MetaWireReq::Auth(a) => (MetaWireResp::Auth(self.auth.exchange(peer.addr, a).await), Bytes::new()),
             MetaWireReq::Raft(kind) => match self.raft_rpc(&peer, kind, &payload).await {
                 Ok(body) => (MetaWireResp::Raft, Bytes::from(body)),
                 Err(e) => (MetaWireResp::Refused(e), Bytes::new()),
@@ -428,7 +451,8 @@ pub async fn compactor(service: Arc<MetaService>, config: shoal_types::config::C
             continue;
         }
         if client.is_none() {
-            match shoal_client::Client::connect(&config, Credentials::ROOT, "compactor").await {
+            let login = shoal_client::Login::Key { user: shoal_auth::ADMIN.into(), key: service.auth.keys().admin_key() };
+            match shoal_client::Client::connect_as(&config, login, Credentials::ROOT, "compactor").await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     tracing::warn!("compactor cannot connect: {e}");

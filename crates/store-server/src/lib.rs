@@ -27,6 +27,8 @@ pub struct StoreService {
     blobs: Arc<BlobStore<RealDisk>>,
     /// Highest leader term seen on an order (fencing of deposed leaders).
     term_seen: AtomicU64,
+    /// Checks clients' capabilities (`None`: no key configured, so clients are refused).
+    caps: Option<shoal_auth::CapVerifier>,
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> FsError {
@@ -34,9 +36,40 @@ fn blocking_err(e: tokio::task::JoinError) -> FsError {
 }
 
 impl StoreService {
+    /// What a request may do: storage servers and metadata nodes are trusted by their
+    /// certificates; a client needs a capability naming the blob and the right.
+    fn admit(&self, peer: &PeerInfo, req: StoreRequest) -> Result<StoreRequest, FsError> {
+        let role = peer.identity.as_ref().map(|i| i.role);
+        let trusted = matches!(role, Some(Role::Store | Role::Meta | Role::Admin));
+        let (cap, inner) = match req {
+            StoreRequest::Capable { cap, req } => (cap, *req),
+            StoreRequest::Stat => return Ok(StoreRequest::Stat),
+            other if trusted => return Ok(other),
+            _ => {
+                tracing::warn!(peer = %peer.addr, "refused a client request without a capability");
+                return Err(FsError::Unauthenticated("a capability from the metadata service is required".into()));
+            }
+        };
+        let (blob, right) = match &inner {
+            StoreRequest::Put { blob, .. } => (*blob, shoal_auth::WRITE),
+            StoreRequest::Get { blob, .. } | StoreRequest::Verify { blob } => (*blob, shoal_auth::READ),
+            _ if trusted => return Ok(inner),
+            _ => return Err(FsError::PermissionDenied),
+        };
+        let checked = match &self.caps {
+            Some(v) => v.check(&cap, blob, right, shoal_auth::now_ns()).map_err(|e| e.to_string()),
+            None => Err("this server has no capability key".into()),
+        };
+        if let Err(why) = checked {
+            tracing::warn!(peer = %peer.addr, blob = blob.0, "refused a capability: {why}");
+            return Err(FsError::Unauthenticated(why));
+        }
+        Ok(inner)
+    }
+
     async fn handle(&self, peer: &PeerInfo, req: StoreRequest, payload: Bytes) -> Result<(StoreReply, Bytes), FsError> {
         let role = peer.identity.as_ref().map(|i| i.role);
-        match req {
+        match self.admit(peer, req)? {
             StoreRequest::Put { blob, crc } => {
                 let blobs = self.blobs.clone();
                 tokio::task::spawn_blocking(move || blobs.put(blob, &payload, crc)).await.map_err(blocking_err)??;
@@ -74,6 +107,7 @@ impl StoreService {
                 tokio::task::spawn_blocking(move || blobs.verify(blob)).await.map_err(blocking_err)??;
                 Ok((StoreReply::Ok, Bytes::new()))
             }
+            StoreRequest::Capable { .. } => Err(FsError::Invalid("a capability inside a capability".into())),
         }
     }
 
@@ -111,14 +145,24 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let capacity = cfg.capacity_bytes;
     let blobs = tokio::task::spawn_blocking(move || BlobStore::open(RealDisk, dir, capacity)).await??;
-    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(0) });
+    let caps = match &cfg.capability_key {
+        Some(hex) => {
+            let key: [u8; 32] = shoal_auth::unhex(hex.trim()).and_then(|b| b.try_into().ok()).context("capability_key must be 64 hex digits")?;
+            Some(shoal_auth::CapVerifier::new(&key)?)
+        }
+        None => {
+            tracing::warn!("store.toml names no capability_key: every client request will be refused");
+            None
+        }
+    };
+    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(0), caps });
     let server_tls = shoal_pki::server_config(&cfg.tls).context("load TLS files")?;
     let client_tls = shoal_pki::client_config(&cfg.tls).context("load TLS files")?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
     tracing::info!(id = cfg.id.0, addr = %listener.local_addr()?, blobs = service.blobs.blob_count(), "storage server serving");
     let task = tokio::spawn(shoal_net::rpc::serve(listener, server_tls, service.clone()));
     let client = Arc::new(Client::without_session(
-        &ClientConfig { meta: cfg.meta.clone(), tls: cfg.tls.clone() },
+        &ClientConfig { meta: cfg.meta.clone(), tls: cfg.tls.clone(), admin_key: None },
         client_tls,
         Credentials::ROOT,
     )?);

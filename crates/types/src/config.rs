@@ -45,6 +45,17 @@ pub struct MetaConfig {
     /// How long a cache promise (callback) given to a client lasts.
     #[serde(default = "defaults::callback_lease_ms")]
     pub callback_lease_ms: u64,
+    /// The cluster's ticket keys (`shoal-auth` key file); required to serve clients.
+    #[serde(default)]
+    pub auth_keys: Option<PathBuf>,
+    /// Lifetime of a ticket, and how long after login a ticket-granting ticket may be renewed.
+    #[serde(default = "defaults::ticket_lifetime_s")]
+    pub ticket_lifetime_s: u64,
+    #[serde(default = "defaults::ticket_renew_s")]
+    pub ticket_renew_s: u64,
+    /// Largest clock difference tolerated between a client and a metadata node.
+    #[serde(default = "defaults::clock_skew_s")]
+    pub clock_skew_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,12 +70,18 @@ pub struct StoreConfig {
     pub capacity_bytes: u64,
     #[serde(default = "defaults::store_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// The metadata service's public key for capabilities (64 hex digits).
+    #[serde(default)]
+    pub capability_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientConfig {
     pub meta: Vec<MetaPeer>,
     pub tls: TlsFiles,
+    /// The admin principal's key file, for whoever can read it (the cluster's owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<PathBuf>,
 }
 
 pub mod defaults {
@@ -94,6 +111,15 @@ pub mod defaults {
     }
     pub fn callback_lease_ms() -> u64 {
         5_000
+    }
+    pub fn ticket_lifetime_s() -> u64 {
+        10 * 3600
+    }
+    pub fn ticket_renew_s() -> u64 {
+        7 * 24 * 3600
+    }
+    pub fn clock_skew_s() -> u64 {
+        120
     }
     pub fn store_heartbeat_ms() -> u64 {
         1_000

@@ -62,6 +62,12 @@ pub enum FsError {
     NoAttribute,
     #[error("not supported: {0}")]
     NotSupported(String),
+    /// The request's ticket or authenticator was refused (the reason says which check failed).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The ticket ran out: get a new one (renew, or log in again).
+    #[error("ticket expired; run `shoal login` again")]
+    TicketExpired,
 }
 
 impl FsError {
@@ -94,6 +100,8 @@ impl FsError {
             FsError::Internal(_) => "internal",
             FsError::NoAttribute => "no_attribute",
             FsError::NotSupported(_) => "not_supported",
+            FsError::Unauthenticated(_) => "unauthenticated",
+            FsError::TicketExpired => "ticket_expired",
         }
     }
 

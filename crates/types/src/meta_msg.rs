@@ -2,6 +2,7 @@
 //! Reads are answered from the state machine after one leadership check; every other operation
 //! goes through the Raft log as a command (see `shoal-meta-core`).
 
+use crate::store_msg::Capability;
 use crate::attr::{Attr, Credentials, FileKind, SetAttr, TimeNs};
 use crate::error::FsError;
 use crate::ids::*;
@@ -84,6 +85,43 @@ pub enum MetaOp {
     WatchCallbacks { acks: Vec<u64>, term: u64 },
     /// `Create` of a regular file followed by `Open` of it, in one command (one log write).
     CreateOpen { parent: FileHandle, name: String, mode: u32, exclusive: bool },
+    /// Register a user who can log in (the admin only). The record holds the key derived from
+    /// the password, never the password.
+    AddUser(UserRec),
+    /// Remove a user (the admin only); tickets already issued run until they expire.
+    RemoveUser { name: String },
+    /// Names and ids of the registered users (no keys).
+    ListUsers,
+}
+
+/// A registered user, as stored by the metadata service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRec {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub salt: Vec<u8>,
+    pub kdf: KdfParams,
+    /// argon2id(password, salt, kdf): the user's long-term key.
+    pub key: [u8; 32],
+}
+
+/// Parameters of argon2id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub lanes: u32,
+}
+
+/// A registered user as anyone may see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 /// Longest extended attribute value.
@@ -107,6 +145,7 @@ impl MetaOp {
                 | MetaOp::GetXattr { .. }
                 | MetaOp::ListXattr { .. }
                 | MetaOp::WatchCallbacks { .. }
+                | MetaOp::ListUsers
         )
     }
 }
@@ -174,6 +213,30 @@ pub enum MetaReply {
     /// A read answer that comes with a cache promise: until `lease_ms` after the request was
     /// sent, the session is told (by a callback) before anything it read here changes.
     Promised { lease_ms: u64, reply: Box<MetaReply> },
+    Users(Vec<UserInfo>),
+    /// A layout or an intent with the capability for its blobs (reading them, or putting them).
+    Capable { cap: Capability, reply: Box<MetaReply> },
+}
+
+impl MetaReply {
+    /// Move the capability of a [`MetaReply::Capable`] into the layout or intent it came with.
+    pub fn attach_capability(self) -> MetaReply {
+        let MetaReply::Capable { cap, reply } = self else { return self };
+        let cap = std::sync::Arc::new(cap);
+        match *reply {
+            MetaReply::Layout(mut l) => {
+                for b in &mut l.blobs {
+                    b.cap = Some(cap.clone());
+                }
+                MetaReply::Layout(l)
+            }
+            MetaReply::Intent(mut i) => {
+                i.cap = Some(cap);
+                MetaReply::Intent(i)
+            }
+            other => other,
+        }
+    }
 }
 
 /// One callback to one session: what it must drop from its caches, acknowledged by `id`.
@@ -246,6 +309,10 @@ pub struct BlobLocation {
     pub len: u64,
     pub crc: u32,
     pub stores: Vec<StoreAddr>,
+    /// The capability to read it, set by the client from the reply that carried the layout
+    /// ([`MetaReply::Capable`]); never encoded.
+    #[serde(skip)]
+    pub cap: Option<std::sync::Arc<Capability>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +329,10 @@ pub struct Intent {
     pub policy: Policy,
     /// Commit must happen before this time (ns, cluster clock) or it is refused.
     pub expires: TimeNs,
+    /// The capability to put the blobs, set by the client from [`MetaReply::Capable`]; never
+    /// encoded.
+    #[serde(skip)]
+    pub cap: Option<std::sync::Arc<Capability>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,8 +399,45 @@ pub struct StoreStatus {
 /// crate does not depend on openraft.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaWireReq {
+    /// A request without a ticket: accepted only from storage servers (their registration and
+    /// heartbeats, authenticated by their certificates).
     Client(MetaRequest),
     Raft(RaftRpc),
+    /// A client request with its ticket and authenticator; the identity the metadata service
+    /// acts for comes from the ticket.
+    Authed { auth: RequestAuth, req: MetaRequest },
+    /// The ticket exchanges (login, service ticket, renewal).
+    Auth(AuthRequest),
+}
+
+/// Proof that a request comes from a ticket's holder: the ticket for the metadata service and an
+/// authenticator (time and digest of the encoded `MetaRequest`, sealed with the ticket's
+/// session key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestAuth {
+    pub ticket: Vec<u8>,
+    pub authenticator: Vec<u8>,
+}
+
+/// The ticket exchanges; the opaque byte strings are `shoal-auth` formats.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthRequest {
+    /// The salt and key parameters of `user`.
+    Challenge { user: String },
+    /// A proof of the user's key; answered with a ticket-granting ticket.
+    Login { user: String, proof: Vec<u8> },
+    /// A ticket for the metadata service, against a ticket-granting ticket.
+    Service { tgt: Vec<u8>, authenticator: Vec<u8> },
+    /// A new ticket-granting ticket for one about to expire (up to its renewal limit).
+    Renew { tgt: Vec<u8>, authenticator: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthReply {
+    Challenge { salt: Vec<u8>, kdf: KdfParams },
+    /// A grant sealed for the client (with its key, or with the ticket-granting ticket's
+    /// session key).
+    Grant(Vec<u8>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,4 +454,5 @@ pub enum MetaWireResp {
     Raft,
     /// The request was refused before reaching Raft (for example: not from a metadata node).
     Refused(FsError),
+    Auth(Result<AuthReply, FsError>),
 }

@@ -17,6 +17,26 @@ pub enum StoreRequest {
     Stat,
     /// Walk every stored block and verify its checksum.
     Verify { blob: BlobId },
+    /// A client's `Put`, `Get` or `Verify` with the capability that allows it (clients may send
+    /// nothing else; storage servers and metadata nodes send requests bare).
+    Capable { cap: Capability, req: Box<StoreRequest> },
+}
+
+/// Signed by the metadata service: rights on some blobs until a time (a `shoal-auth` format).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub body: Vec<u8>,
+    pub sig: Vec<u8>,
+}
+
+impl StoreRequest {
+    /// The request wrapped with `cap`, if there is one.
+    pub fn with_cap(self, cap: Option<&Capability>) -> StoreRequest {
+        match cap {
+            Some(c) => StoreRequest::Capable { cap: c.clone(), req: Box::new(self) },
+            None => self,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,3 +8,4 @@ mod format;
 mod mount;
 mod namespace;
 mod posix;
+mod security;

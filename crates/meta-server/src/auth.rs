@@ -1,0 +1,133 @@
+//! The metadata port's ticket checks: the key distribution centre's exchanges, and who each
+//! client request speaks for. Every refusal is logged with the peer and the reason, and mapped
+//! to an error here, in one place.
+
+use crate::store::ReadKv;
+use shoal_auth::{AuthError, ClusterKeys, Identity, Kdc, Lifetimes, ReplayCache, REPLAY_CACHE_MAX};
+use shoal_types::config::MetaConfig;
+use shoal_types::meta_msg::{AuthReply, AuthRequest, MetaReply, RequestAuth};
+use shoal_types::{Credentials, FsError};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+pub struct Auth {
+    kdc: Kdc,
+    replay: Mutex<ReplayCache>,
+    db: Arc<redb::Database>,
+}
+
+const SEC: i64 = 1_000_000_000;
+
+/// Read the cluster's key file named by the configuration.
+pub fn load_keys(config: &MetaConfig) -> anyhow::Result<ClusterKeys> {
+    use anyhow::Context;
+    let path = config.auth_keys.as_ref().context("meta.toml names no auth_keys file (`shoal up` adds one to an older cluster)")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    ClusterKeys::from_text(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+/// One mapping from ticket failures to the errors clients see.
+fn refusal(e: AuthError) -> FsError {
+    match e {
+        AuthError::Expired => FsError::TicketExpired,
+        other => FsError::Unauthenticated(other.to_string()),
+    }
+}
+
+impl Auth {
+    pub fn new(keys: ClusterKeys, config: &MetaConfig, db: Arc<redb::Database>) -> Auth {
+        let life = Lifetimes {
+            ticket_ns: config.ticket_lifetime_s as i64 * SEC,
+            renew_ns: config.ticket_renew_s as i64 * SEC,
+            skew_ns: config.clock_skew_s as i64 * SEC,
+        };
+        // Authenticators dated before now were made for another process (or are replays).
+        let replay = ReplayCache::new(shoal_auth::now_ns(), life.skew_ns, REPLAY_CACHE_MAX);
+        Auth { kdc: Kdc { keys, life }, replay: Mutex::new(replay), db }
+    }
+
+    pub fn keys(&self) -> &ClusterKeys {
+        &self.kdc.keys
+    }
+
+    fn replay(&self) -> std::sync::MutexGuard<'_, ReplayCache> {
+        self.replay.lock().expect("replay cache lock")
+    }
+
+    /// Who sent `request` (its encoding), as its ticket says; the credentials it acts with.
+    pub fn verify(&self, peer: SocketAddr, auth: &RequestAuth, request: &[u8], claimed: &Credentials) -> Result<Credentials, FsError> {
+        let now = shoal_auth::now_ns();
+        let identity = self.kdc.verify(&auth.ticket, &auth.authenticator, request, now, &mut self.replay()).map_err(|e| {
+            tracing::warn!(%peer, "refused a request: {e}");
+            refusal(e)
+        })?;
+        Ok(credentials(&identity, claimed))
+    }
+
+    /// One ticket exchange.
+    pub async fn exchange(&self, peer: SocketAddr, req: AuthRequest) -> Result<AuthReply, FsError> {
+        let now = shoal_auth::now_ns();
+        let result = match req {
+            AuthRequest::Challenge { user } => {
+                let rec = self.user(&user).await?;
+                let (salt, kdf) = self.kdc.challenge(&user, rec.as_ref());
+                return Ok(AuthReply::Challenge { salt, kdf });
+            }
+            AuthRequest::Login { user, proof } => {
+                let rec = self.user(&user).await?;
+                let r = self.kdc.login(&user, rec.as_ref(), &proof, now, &mut self.replay()).map(|(sealed, _)| sealed);
+                if r.is_ok() {
+                    tracing::info!(%peer, user, "logged in");
+                }
+                return r.map(AuthReply::Grant).map_err(|e| {
+                    tracing::warn!(%peer, user, "refused a login: {e}");
+                    refusal(e)
+                });
+            }
+            AuthRequest::Service { tgt, authenticator } => self.kdc.service(&tgt, &authenticator, now, &mut self.replay()),
+            AuthRequest::Renew { tgt, authenticator } => self.kdc.renew(&tgt, &authenticator, now, &mut self.replay()),
+        };
+        result.map(AuthReply::Grant).map_err(|e| {
+            tracing::warn!(%peer, "refused a ticket exchange: {e}");
+            refusal(e)
+        })
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<shoal_types::meta_msg::UserRec>, FsError> {
+        let (db, name) = (self.db.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || {
+            let kv = ReadKv::new(&db).map_err(|e| FsError::Internal(e.to_string()))?;
+            Ok(shoal_meta_core::user(&kv, &name))
+        })
+        .await
+        .map_err(|e| FsError::Internal(e.to_string()))?
+    }
+}
+
+/// How long a capability to read the blobs of a layout lasts.
+pub const READ_CAPABILITY_NS: i64 = 12 * 3600 * SEC;
+
+impl Auth {
+    /// A layout or an intent goes out with the capability storage servers will ask for: to read
+    /// the layout's blobs, or to put the intent's blobs until the intent ends.
+    pub fn with_capability(&self, reply: MetaReply) -> MetaReply {
+        let cap = match &reply {
+            MetaReply::Layout(l) if !l.blobs.is_empty() => {
+                self.kdc.keys.sign_capability(shoal_auth::READ, l.blobs.iter().map(|b| b.blob), shoal_auth::now_ns() + READ_CAPABILITY_NS)
+            }
+            MetaReply::Intent(i) => self.kdc.keys.sign_capability(shoal_auth::WRITE, i.blobs.iter().copied(), i.expires),
+            _ => return reply,
+        };
+        MetaReply::Capable { cap, reply: Box::new(reply) }
+    }
+}
+
+/// The credentials a request acts with: its ticket's identity, except that the trusted admin
+/// (a mount serving a machine's local users) acts for whoever it names.
+pub fn credentials(identity: &Identity, claimed: &Credentials) -> Credentials {
+    if identity.trusted {
+        claimed.clone()
+    } else {
+        Credentials { uid: identity.uid, gid: identity.gid, groups: identity.groups.clone() }
+    }
+}
