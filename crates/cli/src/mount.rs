@@ -58,6 +58,22 @@ pub struct MountOptions {
     /// a file opened read-only keeps reading the version it opened until it is closed.
     #[arg(long, value_enum, default_value_t = Consistency::CloseToOpen)]
     pub consistency: Consistency,
+    /// Local root acts as nobody (65534) in the cluster (a mount with the admin key; a user's
+    /// mount always acts as that user).
+    #[arg(long)]
+    pub root_squash: bool,
+    /// Map a local uid to a cluster uid, LOCAL:CLUSTER (repeatable).
+    #[arg(long, value_parser = id_pair)]
+    pub map_uid: Vec<(u32, u32)>,
+    /// Map a local gid to a cluster gid, LOCAL:CLUSTER (repeatable).
+    #[arg(long, value_parser = id_pair)]
+    pub map_gid: Vec<(u32, u32)>,
+}
+
+fn id_pair(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected LOCAL:CLUSTER"))?;
+    let id = |x: &str| x.trim().parse::<u32>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((id(a)?, id(b)?))
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +84,16 @@ pub enum Consistency {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { cache_dir: None, cache_mem_mib: 256, cache_disk_mib: 1024, whole_file_mib: 4, consistency: Consistency::CloseToOpen }
+        MountOptions {
+            cache_dir: None,
+            cache_mem_mib: 256,
+            cache_disk_mib: 1024,
+            whole_file_mib: 4,
+            consistency: Consistency::CloseToOpen,
+            root_squash: false,
+            map_uid: Vec::new(),
+            map_gid: Vec::new(),
+        }
     }
 }
 
@@ -82,6 +107,11 @@ impl MountOptions {
         if self.consistency == Consistency::OpenSnapshot {
             a.push("--consistency=open-snapshot".into());
         }
+        if self.root_squash {
+            a.push("--root-squash".into());
+        }
+        a.extend(self.map_uid.iter().map(|(l, c)| format!("--map-uid={l}:{c}")));
+        a.extend(self.map_gid.iter().map(|(l, c)| format!("--map-gid={l}:{c}")));
         if let Some(d) = &self.cache_dir {
             a.push(format!("--cache-dir={}", d.display()));
         }
@@ -171,6 +201,7 @@ pub async fn foreground(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> R
         threads: MOUNT_THREADS,
         whole_file_bytes: opts.whole_file_mib << 20,
         open_snapshot: opts.consistency == Consistency::OpenSnapshot,
+        ids: shoal_fuse::IdMap { uids: opts.map_uid.clone(), gids: opts.map_gid.clone(), root_squash: opts.root_squash },
     };
     tokio::task::spawn_blocking(move || shoal_fuse::mount(rt, c, &mp, &fuse_opts)).await?.context("FUSE mount")?;
     let _ = client.close().await;

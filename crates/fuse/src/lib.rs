@@ -163,6 +163,7 @@ pub struct ShoalFs {
     whole_file_bytes: u64,
     /// Read-only opens keep reading the version they opened (`--consistency open-snapshot`).
     open_snapshot: bool,
+    ids: IdMap,
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -189,8 +190,55 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
-fn cred(req: &Request) -> Credentials {
-    Credentials { uid: req.uid(), gid: req.gid(), groups: Vec::new() }
+/// How a mount's local users appear in the cluster. Only a mount with the admin key acts for
+/// local users at all (a user's mount acts as that user whatever the local uid); for it, local
+/// root can be squashed to `nobody` and local ids mapped to cluster ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMap {
+    /// (local, cluster) pairs; ids not listed are the same on both sides.
+    pub uids: Vec<(u32, u32)>,
+    pub gids: Vec<(u32, u32)>,
+    /// Local root acts as `nobody` (65534) in the cluster.
+    pub root_squash: bool,
+}
+
+pub const NOBODY: u32 = 65534;
+
+fn forward(pairs: &[(u32, u32)], id: u32) -> u32 {
+    pairs.iter().find(|(l, _)| *l == id).map_or(id, |(_, c)| *c)
+}
+
+fn backward(pairs: &[(u32, u32)], id: u32) -> u32 {
+    pairs.iter().find(|(_, c)| *c == id).map_or(id, |(l, _)| *l)
+}
+
+impl IdMap {
+    pub fn cluster_uid(&self, local: u32) -> u32 {
+        if self.root_squash && local == 0 {
+            return NOBODY;
+        }
+        forward(&self.uids, local)
+    }
+
+    pub fn cluster_gid(&self, local: u32, local_uid: u32) -> u32 {
+        if self.root_squash && local_uid == 0 {
+            return NOBODY;
+        }
+        forward(&self.gids, local)
+    }
+
+    pub fn local_uid(&self, cluster: u32) -> u32 {
+        backward(&self.uids, cluster)
+    }
+
+    pub fn local_gid(&self, cluster: u32) -> u32 {
+        backward(&self.gids, cluster)
+    }
+
+    /// The credentials a request from local `uid`/`gid` acts with.
+    pub fn cred(&self, uid: u32, gid: u32) -> Credentials {
+        Credentials { uid: self.cluster_uid(uid), gid: self.cluster_gid(gid, uid), groups: Vec::new() }
+    }
 }
 
 fn name_of(name: &OsStr) -> Result<String, Errno> {
@@ -213,6 +261,7 @@ impl ShoalFs {
             releases: Arc::new(Mutex::new(Vec::new())),
             whole_file_bytes: 0,
             open_snapshot: false,
+            ids: IdMap::default(),
         }
     }
 
@@ -224,7 +273,7 @@ impl ShoalFs {
     /// the callback generation it was asked at.
     fn read_promised(&self, req: &Request, op: MetaOp) -> (Result<Attr, Errno>, Option<std::time::Instant>, u64) {
         let since = self.promises.generation();
-        let (r, until) = self.rt.block_on(self.client.meta_promised(&cred(req), op));
+        let (r, until) = self.rt.block_on(self.client.meta_promised(&self.cred(req), op));
         let r = r.map_err(|e| {
             tracing::debug!("request failed: {e}");
             errno(&e)
@@ -247,6 +296,31 @@ impl ShoalFs {
         FileHandle { volume: VolumeId(1), inode: InodeId(ino.0), generation: Generation_(generation) }
     }
 
+    /// With root squashed, the kernel still lets local root open anything (it checks as root),
+    /// and pages it cached could be read without asking the cluster: check as `nobody` here.
+    fn squashed_root_may_open(&self, req: &Request, a: &Attr, flags: i32) -> bool {
+        if !(self.ids.root_squash && req.uid() == 0) {
+            return true;
+        }
+        let want = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => 4,
+            libc::O_WRONLY => 2,
+            _ => 6,
+        };
+        let bits = if a.uid == NOBODY {
+            a.mode >> 6
+        } else if a.gid == NOBODY {
+            a.mode >> 3
+        } else {
+            a.mode
+        };
+        bits & want == want
+    }
+
+    fn cred(&self, req: &Request) -> Credentials {
+        self.ids.cred(req.uid(), req.gid())
+    }
+
     fn attr(&self, a: &Attr) -> FileAttr {
         self.generations.lock().expect("generations").insert(a.handle.inode.0, a.handle.generation.0);
         let size = self.buffered_end(a.handle.inode.0).map_or(a.size, |end| end.max(a.size));
@@ -261,8 +335,8 @@ impl ShoalFs {
             kind: kind(a.kind),
             perm: (a.mode & 0o7777) as u16,
             nlink: a.nlink,
-            uid: a.uid,
-            gid: a.gid,
+            uid: self.ids.local_uid(a.uid),
+            gid: self.ids.local_gid(a.gid),
             rdev: a.rdev,
             blksize: 1 << 20,
             flags: 0,
@@ -344,7 +418,16 @@ impl ShoalFs {
 
     fn new_fh(&self, handle: FileHandle, append: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile { handle, buf: None, pending: Vec::new(), pending_end: 0, append, reads: Default::default(), reserved: Default::default(), pending_since: None };
+        let file = OpenFile {
+            handle,
+            buf: None,
+            pending: Vec::new(),
+            pending_end: 0,
+            append,
+            reads: Default::default(),
+            reserved: Default::default(),
+            pending_since: None,
+        };
         self.open.lock().expect("open").insert(fh, Arc::new(Mutex::new(file)));
         fh
     }
@@ -438,11 +521,12 @@ impl Filesystem for ShoalFs {
             TimeOrNow::SpecificTime(t) => ns(t),
             TimeOrNow::Now => ns(SystemTime::now()),
         };
+        let (uid, gid) = (uid.map(|u| self.ids.cluster_uid(u)), gid.map(|g| self.ids.cluster_gid(g, req.uid())));
         let set = SetAttr { mode: mode.map(|m| m & 0o7777), uid, gid, size, atime: atime.map(t), mtime: mtime.map(t) };
         // ftruncate on a descriptor opened for writing needs no write permission now (the file
         // may have been created with mode 0): the kernel checked it at open.
         let only_size = size.is_some() && mode.is_none() && uid.is_none() && gid.is_none() && atime.is_none() && mtime.is_none();
-        let as_who = if only_size && fh.is_some_and(|fh| self.file(fh).is_ok()) { Credentials::ROOT } else { cred(req) };
+        let as_who = if only_size && fh.is_some_and(|fh| self.file(fh).is_ok()) { Credentials::ROOT } else { self.cred(req) };
         let r = self.run(self.client.meta_as(&as_who, MetaOp::SetAttr { handle: self.handle(ino), set })).and_then(attr_reply);
         self.local_changes.fetch_add(1, Ordering::AcqRel);
         match r {
@@ -452,7 +536,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.run(self.client.meta_as(&cred(req), MetaOp::Readlink { handle: self.handle(ino) })) {
+        match self.run(self.client.meta_as(&self.cred(req), MetaOp::Readlink { handle: self.handle(ino) })) {
             Ok(shoal_types::meta_msg::MetaReply::Target(t)) => reply.data(t.as_bytes()),
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(e),
@@ -470,7 +554,7 @@ impl Filesystem for ShoalFs {
         };
         let r = name_of(name).and_then(|name| {
             let op = MetaOp::Create { parent: self.handle(parent), name, kind: k, mode: mode & !umask & 0o7777, rdev, exclusive: true };
-            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
+            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
         });
         self.entry(reply, r);
     }
@@ -478,13 +562,13 @@ impl Filesystem for ShoalFs {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let r = name_of(name).and_then(|name| {
             let op = MetaOp::Mkdir { parent: self.handle(parent), name, mode: mode & !umask & 0o7777 };
-            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
+            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
         });
         self.entry(reply, r);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::Unlink { parent: self.handle(parent), name })));
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::Unlink { parent: self.handle(parent), name })));
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -492,7 +576,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::Rmdir { parent: self.handle(parent), name })));
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::Rmdir { parent: self.handle(parent), name })));
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -502,7 +586,7 @@ impl Filesystem for ShoalFs {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let r = name_of(link_name).and_then(|name| {
             let target = target.to_str().ok_or(Errno::EINVAL)?.to_string();
-            self.run(self.client.meta_as(&cred(req), MetaOp::Symlink { parent: self.handle(parent), name, target })).and_then(attr_reply)
+            self.run(self.client.meta_as(&self.cred(req), MetaOp::Symlink { parent: self.handle(parent), name, target })).and_then(attr_reply)
         });
         self.entry(reply, r);
     }
@@ -520,7 +604,7 @@ impl Filesystem for ShoalFs {
                 new_name,
                 no_replace: flags.bits() & libc::RENAME_NOREPLACE != 0,
             };
-            self.run(self.client.meta_as(&cred(req), op))
+            self.run(self.client.meta_as(&self.cred(req), op))
         });
         match r {
             Ok(_) => reply.ok(),
@@ -531,15 +615,19 @@ impl Filesystem for ShoalFs {
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let r = name_of(newname).and_then(|new_name| {
             let op = MetaOp::Link { handle: self.handle(ino), new_parent: self.handle(newparent), new_name };
-            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
+            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
         });
         self.entry(reply, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let handle = self.handle(ino);
-        match self.run(self.client.meta_as(&cred(req), MetaOp::Open { handle })).and_then(attr_reply) {
+        match self.run(self.client.meta_as(&self.cred(req), MetaOp::Open { handle })).and_then(attr_reply) {
             Ok(a) => {
+                if !self.squashed_root_may_open(req, &a, flags.0) {
+                    let _ = self.run(self.client.release(handle));
+                    return reply.error(Errno::EACCES);
+                }
                 let fh = self.new_fh(handle, flags.0 & libc::O_APPEND != 0);
                 if self.open_snapshot && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
                     // Reads of this open come from the version it opened, past the page cache
@@ -572,7 +660,7 @@ impl Filesystem for ShoalFs {
                 mode: mode & !umask & 0o7777,
                 exclusive: flags & libc::O_EXCL != 0,
             };
-            self.run(self.client.meta_as(&cred(req), op)).and_then(attr_reply)
+            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
         });
         match r {
             Ok(a) => {
@@ -712,7 +800,7 @@ impl Filesystem for ShoalFs {
             return reply.ok();
         }
         if offset < 2 {
-            let parent = match self.run(self.client.meta_as(&cred(req), MetaOp::Lookup { parent: dir, name: "..".into() })).and_then(attr_reply) {
+            let parent = match self.run(self.client.meta_as(&self.cred(req), MetaOp::Lookup { parent: dir, name: "..".into() })).and_then(attr_reply) {
                 Ok(a) => a.handle.inode.0,
                 Err(e) => return reply.error(e),
             };
@@ -722,7 +810,7 @@ impl Filesystem for ShoalFs {
         }
         let mut cookie = offset.saturating_sub(2);
         loop {
-            let page = self.run(self.client.meta_as(&cred(req), MetaOp::Readdir { dir, cookie, limit: 512 }));
+            let page = self.run(self.client.meta_as(&self.cred(req), MetaOp::Readdir { dir, cookie, limit: 512 }));
             let (entries, eof) = match page {
                 Ok(shoal_types::meta_msg::MetaReply::Dir { entries, eof }) => (entries, eof),
                 Ok(_) => return reply.error(Errno::EIO),
@@ -750,7 +838,7 @@ impl Filesystem for ShoalFs {
         };
         let r = name_of(name).and_then(|name| {
             let op = MetaOp::SetXattr { handle: self.handle(ino), name, value: value.to_vec(), flags };
-            self.run(self.client.meta_as(&cred(req), op))
+            self.run(self.client.meta_as(&self.cred(req), op))
         });
         match r {
             Ok(_) => reply.ok(),
@@ -759,7 +847,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::GetXattr { handle: self.handle(ino), name })));
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::GetXattr { handle: self.handle(ino), name })));
         match r {
             Ok(shoal_types::meta_msg::MetaReply::XattrValue(v)) => xattr_reply(reply, size, &v),
             Ok(_) => reply.error(Errno::EIO),
@@ -768,7 +856,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.run(self.client.meta_as(&cred(req), MetaOp::ListXattr { handle: self.handle(ino) })) {
+        match self.run(self.client.meta_as(&self.cred(req), MetaOp::ListXattr { handle: self.handle(ino) })) {
             Ok(shoal_types::meta_msg::MetaReply::XattrNames(names)) => {
                 let mut list = Vec::new();
                 for n in names {
@@ -783,7 +871,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&cred(req), MetaOp::RemoveXattr { handle: self.handle(ino), name })));
+        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::RemoveXattr { handle: self.handle(ino), name })));
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -826,6 +914,7 @@ pub struct MountOptions {
     pub whole_file_bytes: u64,
     /// Read-only opens keep reading the version they opened.
     pub open_snapshot: bool,
+    pub ids: IdMap,
 }
 
 /// Mount and serve until unmounted. Blocks the calling thread.
@@ -846,6 +935,7 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     let mut fs = ShoalFs::new(rt.clone(), client.clone());
     fs.whole_file_bytes = opts.whole_file_bytes;
     fs.open_snapshot = opts.open_snapshot;
+    fs.ids = opts.ids.clone();
     let promises = fs.promises.clone();
     let releases = fs.releases.clone();
     let (open, changes, flusher_rt, flusher_client) = (fs.open.clone(), fs.local_changes.clone(), rt.clone(), client.clone());

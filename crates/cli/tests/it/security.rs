@@ -324,3 +324,30 @@ async fn storage_servers_refuse_requests_without_a_valid_capability() {
     assert!(client.store_call(addr, &del, &[]).await.is_err());
     assert!(client.store_call(addr, &get(mine.blob).with_cap(Some(&cap)), &[]).await.is_ok(), "still there");
 }
+
+#[test]
+fn an_admin_mount_squashes_root_and_maps_local_ids() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let c = TestCluster::start();
+    let secret = c.file("secret");
+    std::fs::write(&secret, b"root's").unwrap();
+    c.must_shoal(&["put", secret.to_str().unwrap(), "/root-only"]);
+    c.must_shoal(&["chmod", "600", "/root-only"]);
+    c.must_shoal(&["mkdir", "/shared"]);
+    c.must_shoal(&["chmod", "1777", "/shared"]);
+    let mnt = c.file("mnt");
+    let o = Command::new(SHOAL).arg("--dir").arg(c.path()).args(["mount", "--root-squash", "--map-uid=4242:1000", "--map-gid=4242:1000"]).arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "mount: {}", stderr(&o));
+    // Local root is nobody in the cluster.
+    let read = std::fs::read(mnt.join("root-only"));
+    assert_eq!(read.map_err(|e| e.raw_os_error()), Err(Some(libc::EACCES)), "root squashed");
+    let made = std::fs::write(mnt.join("planted"), b"x");
+    assert_eq!(made.map_err(|e| e.raw_os_error()), Err(Some(libc::EACCES)), "root squashed: / is 0755 root's");
+    // Local uid 4242 is cluster uid 1000, and shows as 4242 locally.
+    let st = Command::new("sh").arg("-c").arg(format!("echo hi > {}/shared/mapped", mnt.display())).uid(4242).gid(4242).status().unwrap();
+    assert!(st.success());
+    assert!(c.must_shoal(&["stat", "/shared/mapped"]).contains("Uid: 1000"), "{}", c.must_shoal(&["stat", "/shared/mapped"]));
+    assert_eq!(std::fs::metadata(mnt.join("shared/mapped")).unwrap().uid(), 4242);
+    let _ = Command::new(SHOAL).arg("--dir").arg(c.path()).arg("umount").arg(&mnt).output();
+}
