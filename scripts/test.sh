@@ -24,3 +24,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo build --release --bins </dev/null
 cargo nextest run --release --workspace --no-fail-fast </dev/null
+# Every decoder of network and disk bytes under cargo fuzz, 20 s per target (nightly toolchain).
+./scripts/fuzz.sh 20
