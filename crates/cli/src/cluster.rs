@@ -39,7 +39,7 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
     Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
-fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::write(path, toml::to_string_pretty(value)?).with_context(|| format!("write {}", path.display()))
 }
 

@@ -3,6 +3,7 @@
 //! Errors are turned into a message and an exit code in one place, [`exit_code`].
 
 mod bench;
+mod certs;
 mod cluster;
 mod files;
 mod mount;
@@ -143,6 +144,11 @@ enum Cmd {
     Whoami,
     /// Forget the cached ticket.
     Logout,
+    /// Certificates of the local cluster (both restart it so every process loads them).
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
     /// Measure a running cluster: bare rustls streams, 3-copy put and get, creates/s with 16
     /// clients, create latency. Prints a table; asserts nothing.
     Bench {
@@ -158,6 +164,14 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         files: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// New keys and certificates for every process and the client; the old ones are revoked.
+    Rotate,
+    /// Revoke one certificate (meta-N, store-N or client); a revoked node leaves the cluster.
+    Revoke { name: String },
 }
 
 fn cluster_dir(cli_dir: &Option<PathBuf>) -> PathBuf {
@@ -264,12 +278,14 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Login { user, password_stdin } => users::login(&dir, &user, password_stdin).await,
         Cmd::Whoami => users::whoami(&dir),
         Cmd::Logout => users::logout(&dir),
+        Cmd::Cert { cmd: CertCmd::Rotate } => certs::rotate(&dir).await,
+        Cmd::Cert { cmd: CertCmd::Revoke { name } } => certs::revoke(&dir, &name).await,
         Cmd::Bench { size_mib, creates, rounds, files } => bench::run(&dir, size_mib, creates, rounds, files).await,
         other => files::run(&dir, other).await,
     }
 }
 
-async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result<()> {
+pub async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result<()> {
     if !dir.join("cluster.toml").exists() {
         let c = cluster::init(dir, &cluster::InitOptions::default())?;
         println!("initialized cluster {} in {}", c.name, dir.display());

@@ -244,6 +244,56 @@ impl Ca {
     }
 }
 
+fn bad_cert(detail: String) -> PkiError {
+    PkiError::BadCertificate { origin: "certificate".into(), detail }
+}
+
+/// The serial number of a certificate (PEM), as hex.
+pub fn cert_serial(cert_pem: &str) -> Result<String> {
+    let der = crate::tls::parse_certs(cert_pem.as_bytes(), "certificate")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad_cert("no certificate in the PEM".into()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad_cert(e.to_string()))?;
+    Ok(x509.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Ca {
+    /// A certificate revocation list (PEM) naming `serials` (hex), signed by this CA; `number`
+    /// must grow with each new list.
+    pub fn revocation_list(&self, serials: &[String], number: u64) -> Result<String> {
+        let now_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let at = |secs: i64| {
+            x509_parser::time::ASN1Time::from_timestamp(secs)
+                .map(|t| t.to_datetime())
+                .map_err(|_| PkiError::Generate(rcgen::Error::Time))
+        };
+        let mut revoked = Vec::new();
+        for hex in serials {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad_cert(format!("bad serial {hex:?}")))?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&bytes),
+                revocation_time: at(now_secs)?,
+                reason_code: Some(rcgen::RevocationReason::Superseded),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: at(now_secs - BACKDATE_SECS)?,
+            next_update: at(now_secs + CA_VALIDITY_SECS)?,
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}
+
 /// Accepts the names that fit in one DNS label, so `<role>.<name>.shoal` parses back unambiguously.
 pub(crate) fn check_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() || name.len() > NAME_LEN_MAX {

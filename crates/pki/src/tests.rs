@@ -457,3 +457,28 @@ fn errors_name_the_failing_file() {
     .unwrap_err();
     assert!(matches!(err, PkiError::Tls { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn revoked_certificates_are_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("test").unwrap();
+    let server = must_issue(dir.path(), &ca, Role::Store, "store-1");
+    let client = must_issue(dir.path(), &ca, Role::Client, "client");
+    let spare = must_issue(dir.path(), &ca, Role::Client, "spare");
+    let ok = exchange(server_config(&server).unwrap(), client_config(&client).unwrap()).await;
+    assert!(ok.server.is_ok() && ok.client.is_ok(), "before revocation");
+
+    // Revoke the client's certificate: a server loading the list refuses it, not the other.
+    let serial = cert_serial(&std::fs::read_to_string(&client.cert).unwrap()).unwrap();
+    std::fs::write(tls::crl_path(&server), ca.revocation_list(&[serial], 1).unwrap()).unwrap();
+    let refused = exchange(server_config(&server).unwrap(), client_config(&client).unwrap()).await;
+    assert!(refused.server.is_err(), "server accepted a revoked client certificate");
+    let other = exchange(server_config(&server).unwrap(), client_config(&spare).unwrap()).await;
+    assert!(other.server.is_ok() && other.client.is_ok(), "another certificate still works");
+
+    // Revoke the server's: a client refuses it.
+    let serial = cert_serial(&std::fs::read_to_string(&server.cert).unwrap()).unwrap();
+    std::fs::write(tls::crl_path(&server), ca.revocation_list(&[serial], 2).unwrap()).unwrap();
+    let refused = exchange(server_config(&server).unwrap(), client_config(&spare).unwrap()).await;
+    assert!(refused.client.is_err(), "client accepted a revoked server certificate");
+}

@@ -43,6 +43,8 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
     let roots = Arc::new(load_roots(files)?);
     let what = || format!("server TLS config from {}", files.ca_cert.display());
     let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(load_crls(files)?)
+        .only_check_end_entity_revocation()
         .build()
         .map_err(|e| PkiError::Verifier {
             what: what(),
@@ -72,6 +74,8 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {
     let roots = Arc::new(load_roots(files)?);
     let what = || format!("client TLS config from {}", files.ca_cert.display());
     let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(load_crls(files)?)
+        .only_check_end_entity_revocation()
         .build()
         .map_err(|e| PkiError::Verifier {
             what: what(),
@@ -144,6 +148,27 @@ fn identity_what(files: &TlsFiles) -> String {
         files.cert.display(),
         files.key.display()
     )
+}
+
+/// The CA's revocation list, `ca.crl` beside the CA certificate, if there is one: a
+/// certificate it names is refused as a peer.
+pub(crate) fn crl_path(files: &TlsFiles) -> std::path::PathBuf {
+    files.ca_cert.with_file_name(CRL_FILE)
+}
+
+/// File name of the revocation list, beside the CA certificate.
+pub const CRL_FILE: &str = "ca.crl";
+
+fn load_crls(files: &TlsFiles) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+    let path = crl_path(files);
+    let pem = match std::fs::read(&path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(PkiError::Read { path, source }),
+    };
+    rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad_pem(&path.display().to_string(), e))
 }
 
 fn load_roots(files: &TlsFiles) -> Result<RootCertStore> {

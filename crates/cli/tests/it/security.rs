@@ -197,8 +197,12 @@ async fn a_modified_client_claiming_root_gets_only_its_users_rights() {
     assert!(as_user(&c, &bob, &["put", secret.to_str().unwrap(), "/home-bob/secret"], "").status.success());
     assert!(as_user(&c, &bob, &["chmod", "600", "/home-bob/secret"], "").status.success());
 
+    // Through the CLI, logged in as alice.
+    let alice_cache = login(&c, "alice", "pw");
+    refused(&as_user(&c, &alice_cache, &["cat", "/home-bob/secret"], ""), "permission denied");
+    refused(&as_user(&c, &alice_cache, &["put", secret.to_str().unwrap(), "/home-bob/planted"], ""), "permission denied");
     // Alice's client sends root's credentials with each request; the server acts as alice.
-    let alice = cached_grant(&login(&c, "alice", "pw"));
+    let alice = cached_grant(&alice_cache);
     let client = Client::connect_as(&c.client_config(), Login::Tgt(alice), Credentials::ROOT, "modified").await.unwrap();
     let dir = client.resolve("/home-bob").await.unwrap();
     let file = client.resolve("/home-bob/secret").await.unwrap();
@@ -350,4 +354,38 @@ fn an_admin_mount_squashes_root_and_maps_local_ids() {
     assert!(c.must_shoal(&["stat", "/shared/mapped"]).contains("Uid: 1000"), "{}", c.must_shoal(&["stat", "/shared/mapped"]));
     assert_eq!(std::fs::metadata(mnt.join("shared/mapped")).unwrap().uid(), 4242);
     let _ = Command::new(SHOAL).arg("--dir").arg(c.path()).arg("umount").arg(&mnt).output();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_and_revoked_certificates_are_refused() {
+    let c = TestCluster::start();
+    c.must_shoal(&["mkdir", "/before"]);
+    // Keep a copy of the client's certificate as it is now.
+    let old = c.file("old-client");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in ["client.crt", "client.key", "ca.crt"] {
+        std::fs::copy(c.path().join("tls").join(f), old.join(f)).unwrap();
+    }
+    c.must_shoal(&["cert", "rotate"]);
+    assert!(c.must_shoal(&["ls", "/"]).contains("before"), "the cluster serves with the new certificates");
+    // The old client certificate is refused, even with the current CA list beside it.
+    std::fs::copy(c.path().join("tls/ca.crl"), old.join("ca.crl")).unwrap();
+    let mut cfg = c.client_config();
+    cfg.tls = shoal_types::config::TlsFiles { ca_cert: old.join("ca.crt"), cert: old.join("client.crt"), key: old.join("client.key") };
+    let r = tokio::time::timeout(Duration::from_secs(20), Client::connect(&cfg, Credentials::ROOT, "old")).await.expect("refused quickly");
+    assert!(r.is_err(), "a rotated-out client certificate must be refused");
+
+    // A revoked storage server leaves the cluster and cannot come back with its certificate.
+    c.must_shoal(&["cert", "revoke", "store-4"]);
+    let store4 = c.path().join("store-4/store.toml");
+    let log = std::fs::File::create(c.file("store-4-again.log")).unwrap();
+    let mut again = Command::new(SHOAL).arg("store").arg("--config").arg(&store4).stderr(log).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = c.status_json();
+    let s4 = status["stores"].as_array().unwrap().iter().find(|s| s["id"].as_u64() == Some(4)).cloned();
+    assert!(s4.is_none_or(|s| s["alive"] == false), "store 4 must not be alive: {status}");
+    let _ = again.kill();
+    let _ = again.wait();
+    assert!(meta_logs(&c).contains("revoked") || meta_logs(&c).contains("Revoked"), "the refusal is logged");
+    c.must_shoal(&["mkdir", "/after"]);
 }
