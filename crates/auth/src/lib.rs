@@ -97,6 +97,8 @@ pub enum AuthError {
     WrongRequest,
     #[error("ticket can no longer be renewed; log in again")]
     NotRenewable,
+    #[error("the user this ticket was issued to no longer exists")]
+    UserRemoved,
     #[error("capability expired")]
     CapabilityExpired,
     #[error("{0}")]
@@ -394,23 +396,46 @@ impl Kdc {
         Ok(body)
     }
 
+    /// The principal a TGT was issued to (expired or not), so the caller can look up its
+    /// current record before an exchange. Nothing is checked but the seal.
+    pub fn tgt_principal(&self, tgt: &[u8], now_ns: i64) -> Result<String, AuthError> {
+        Ok(self.keys.open_ticket(TicketKind::Tgt, tgt, now_ns, true)?.identity.principal)
+    }
+
+    /// The identity a new ticket carries: the user's current record (`rec`), so a removed
+    /// user's TGT buys nothing more and a changed uid or group list takes effect at the next
+    /// exchange. The admin is built in.
+    fn current(&self, held: Identity, rec: Option<&UserRec>) -> Result<Identity, AuthError> {
+        if held.trusted && held.principal == ADMIN {
+            return Ok(held);
+        }
+        match rec {
+            Some(r) if r.name == held.principal => {
+                Ok(Identity { principal: r.name.clone(), uid: r.uid, gid: r.gid, groups: r.groups.clone(), trusted: false })
+            }
+            _ => Err(AuthError::UserRemoved),
+        }
+    }
+
     /// Step 3: a ticket for the metadata service, sealed for the client with the TGT's session
-    /// key. It ends when the TGT does.
-    pub fn service(&self, tgt: &[u8], auth: &[u8], now_ns: i64, replay: &mut ReplayCache) -> Result<Vec<u8>, AuthError> {
+    /// key. It ends when the TGT does. `rec`: the TGT principal's current record.
+    pub fn service(&self, tgt: &[u8], auth: &[u8], rec: Option<&UserRec>, now_ns: i64, replay: &mut ReplayCache) -> Result<Vec<u8>, AuthError> {
         let body = self.tgt_holder(tgt, auth, b"service", now_ns, false, replay)?;
-        let grant = self.keys.issue(TicketKind::Meta, body.identity, now_ns, body.expires_ns, body.expires_ns);
+        let identity = self.current(body.identity, rec)?;
+        let grant = self.keys.issue(TicketKind::Meta, identity, now_ns, body.expires_ns, body.expires_ns);
         Ok(seal_value(&body.session_key, PURPOSE_GRANT, &grant))
     }
 
     /// Renew a TGT (expired or not) before its renewal limit: a new TGT for another lifetime,
-    /// capped by that limit.
-    pub fn renew(&self, tgt: &[u8], auth: &[u8], now_ns: i64, replay: &mut ReplayCache) -> Result<Vec<u8>, AuthError> {
+    /// capped by that limit. `rec`: the TGT principal's current record.
+    pub fn renew(&self, tgt: &[u8], auth: &[u8], rec: Option<&UserRec>, now_ns: i64, replay: &mut ReplayCache) -> Result<Vec<u8>, AuthError> {
         let body = self.tgt_holder(tgt, auth, b"renew", now_ns, true, replay)?;
         if now_ns >= body.renew_until_ns {
             return Err(AuthError::NotRenewable);
         }
+        let identity = self.current(body.identity, rec)?;
         let expires = (now_ns + self.life.ticket_ns).min(body.renew_until_ns);
-        let grant = self.keys.issue(TicketKind::Tgt, body.identity, now_ns, expires, body.renew_until_ns);
+        let grant = self.keys.issue(TicketKind::Tgt, identity, now_ns, expires, body.renew_until_ns);
         Ok(seal_value(&body.session_key, PURPOSE_GRANT, &grant))
     }
 

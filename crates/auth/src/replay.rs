@@ -33,10 +33,10 @@ impl ReplayCache {
     /// Accept `(tag, time_us)` once: `tag` names the ticket (or the user, for a login proof).
     pub fn check(&mut self, tag: u64, time_us: u64, now_ns: i64) -> Result<(), AuthError> {
         let now_us = (now_ns / 1000) as u64;
-        if time_us < self.start_us && time_us + self.skew_us >= now_us {
+        if time_us < self.start_us && time_us.saturating_add(self.skew_us) >= now_us {
             return Err(AuthError::BeforeStart);
         }
-        if time_us + self.skew_us < now_us || time_us > now_us + self.skew_us {
+        if time_us.saturating_add(self.skew_us) < now_us || time_us > now_us.saturating_add(self.skew_us) {
             return Err(AuthError::Skew);
         }
         if time_us <= self.floor_us {

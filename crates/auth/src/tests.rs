@@ -20,9 +20,9 @@ fn login(kdc: &Kdc, rec: &UserRec, password: &[u8], now: i64, rc: &mut ReplayCac
     open_grant(&key, &sealed)
 }
 
-fn service(kdc: &Kdc, tgt: &Grant, now: i64, rc: &mut ReplayCache) -> Grant {
+fn service(kdc: &Kdc, tgt: &Grant, rec: &UserRec, now: i64, rc: &mut ReplayCache) -> Grant {
     let auth = authenticator(&tgt.session_key, (now / 1000) as u64, digest(b"service"));
-    open_grant(&tgt.session_key, &kdc.service(&tgt.ticket, &auth, now, rc).unwrap()).unwrap()
+    open_grant(&tgt.session_key, &kdc.service(&tgt.ticket, &auth, Some(rec), now, rc).unwrap()).unwrap()
 }
 
 #[test]
@@ -33,7 +33,7 @@ fn login_service_ticket_and_request_then_each_forgery_is_refused() {
     assert_eq!(login(&kdc, &alice, b"wrong horse", T0, &mut rc).unwrap_err(), AuthError::BadLogin);
     let tgt = login(&kdc, &alice, b"correct horse", T0, &mut rc).unwrap();
     assert_eq!((tgt.identity.uid, tgt.identity.trusted), (1000, false));
-    let st = service(&kdc, &tgt, T0 + 1000, &mut rc);
+    let st = service(&kdc, &tgt, &alice, T0 + 1000, &mut rc);
     let req = b"encoded request";
     let t = (T0 / 1000) as u64 + 10;
     let auth = authenticator(&st.session_key, t, digest(req));
@@ -121,16 +121,37 @@ fn renewal_extends_a_tgt_up_to_its_limit_only() {
     let now = T0 + 3599 * SEC;
     let mut rc = cache(now - SEC);
     let auth = authenticator(&tgt.session_key, (now / 1000) as u64, digest(b"renew"));
-    let renewed = open_grant(&tgt.session_key, &kdc.renew(&tgt.ticket, &auth, now, &mut rc).unwrap()).unwrap();
+    let renewed = open_grant(&tgt.session_key, &kdc.renew(&tgt.ticket, &auth, Some(&alice), now, &mut rc).unwrap()).unwrap();
     assert_eq!(renewed.expires_ns, now + 3600 * SEC, "another lifetime");
     let now = T0 + 5000 * SEC;
     let auth = authenticator(&renewed.session_key, (now / 1000) as u64, digest(b"renew"));
-    let renewed = open_grant(&renewed.session_key, &kdc.renew(&renewed.ticket, &auth, now, &mut rc).unwrap()).unwrap();
+    let renewed = open_grant(&renewed.session_key, &kdc.renew(&renewed.ticket, &auth, Some(&alice), now, &mut rc).unwrap()).unwrap();
     assert_eq!(renewed.expires_ns, T0 + 2 * 3600 * SEC, "capped by the renewal limit");
     let past = T0 + 2 * 3600 * SEC + 1;
     let mut rc = cache(past - SEC);
     let auth = authenticator(&renewed.session_key, (past / 1000) as u64, digest(b"renew"));
-    assert_eq!(kdc.renew(&renewed.ticket, &auth, past, &mut rc).unwrap_err(), AuthError::NotRenewable);
+    assert_eq!(kdc.renew(&renewed.ticket, &auth, Some(&alice), past, &mut rc).unwrap_err(), AuthError::NotRenewable);
+}
+
+#[test]
+fn a_removed_user_gets_no_new_ticket_and_a_changed_one_gets_the_new_ids() {
+    let kdc = kdc();
+    let mut rc = cache(T0 - SEC);
+    let alice = new_user("alice", 1000, 1000, vec![], b"pw").unwrap();
+    let tgt = login(&kdc, &alice, b"pw", T0, &mut rc).unwrap();
+    assert_eq!(kdc.tgt_principal(&tgt.ticket, T0).unwrap(), "alice");
+    let now = T0 + SEC;
+    let auth = authenticator(&tgt.session_key, (now / 1000) as u64, digest(b"service"));
+    assert_eq!(kdc.service(&tgt.ticket, &auth, None, now, &mut rc).unwrap_err(), AuthError::UserRemoved);
+    let auth = authenticator(&tgt.session_key, (now / 1000) as u64 + 1, digest(b"renew"));
+    assert_eq!(kdc.renew(&tgt.ticket, &auth, None, now, &mut rc).unwrap_err(), AuthError::UserRemoved);
+    // Another user's record does not stand in for the holder's.
+    let bob = new_user("bob", 1001, 1001, vec![], b"pw").unwrap();
+    let auth = authenticator(&tgt.session_key, (now / 1000) as u64 + 2, digest(b"service"));
+    assert_eq!(kdc.service(&tgt.ticket, &auth, Some(&bob), now, &mut rc).unwrap_err(), AuthError::UserRemoved);
+    let moved = UserRec { uid: 2000, groups: vec![7], ..alice.clone() };
+    let st = service(&kdc, &tgt, &moved, now + SEC, &mut rc);
+    assert_eq!((st.identity.uid, st.identity.groups.clone()), (2000, vec![7]));
 }
 
 #[test]

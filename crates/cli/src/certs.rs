@@ -34,14 +34,20 @@ fn revoke_file(dir: &Path, name: &str) -> Result<String> {
     if !lines.lines().any(|l| l.split_whitespace().next() == Some(serial.as_str())) {
         lines.push_str(&format!("{serial} {name}\n"));
     }
+    std::fs::write(&list, lines)?;
+    publish_crl(dir)?;
+    Ok(serial)
+}
+
+/// Write `DIR/tls/ca.crl`, signed by the CA, from `revoked.txt` (an empty list if none): every
+/// cluster has one from `init` on, so a process never starts without a revocation list.
+pub fn publish_crl(dir: &Path) -> Result<()> {
+    let tls = dir.join("tls");
+    let lines = std::fs::read_to_string(tls.join("revoked.txt")).unwrap_or_default();
     let serials: Vec<String> = lines.lines().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
     let ca = shoal_pki::read_ca(&tls)?;
     let crl = ca.revocation_list(&serials, serials.len() as u64)?;
-    let tmp = tls.join("ca.crl.tmp");
-    std::fs::write(&tmp, crl)?;
-    std::fs::rename(&tmp, tls.join(shoal_pki::CRL_FILE))?;
-    std::fs::write(&list, lines)?;
-    Ok(serial)
+    Ok(shoal_pki::write_atomic(&tls.join(shoal_pki::CRL_FILE), crl.as_bytes(), 0o644)?)
 }
 
 async fn restart(dir: &Path, c: &ClusterFile) -> Result<()> {

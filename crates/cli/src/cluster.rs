@@ -74,12 +74,7 @@ impl Default for InitOptions {
 
 /// Write a secret file readable by its owner only.
 fn write_secret(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    Ok(shoal_pki::write_atomic(path, text.as_bytes(), 0o600)?)
 }
 
 /// Create the cluster's ticket keys and the admin's key under DIR/secrets; returns their paths
@@ -95,8 +90,13 @@ fn write_secrets(dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
     Ok((keys_file, admin_file, shoal_auth::hex(&keys.cap_public_key())))
 }
 
-/// Give a cluster made before tickets existed its keys (run by `up`).
+/// Give a cluster made before tickets and revocation lists existed its keys and an empty
+/// revocation list (run by `up`).
 pub fn add_missing_secrets(dir: &Path, c: &ClusterFile) -> Result<()> {
+    if !dir.join("tls").join(shoal_pki::CRL_FILE).exists() {
+        crate::certs::publish_crl(dir)?;
+        println!("wrote the certificate revocation list {}", dir.join("tls").join(shoal_pki::CRL_FILE).display());
+    }
     if dir.join("secrets").join("cluster.keys").exists() {
         return Ok(());
     }
@@ -134,6 +134,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
     let name = format!("shoal-{:08x}", rand_u32());
     let ca = Ca::generate(&name)?;
     shoal_pki::write_ca(&tls_dir, &ca)?;
+    crate::certs::publish_crl(&dir)?;
     let ports = free_ports(opts.metas + opts.stores)?;
     let metas: Vec<MetaPeer> =
         (0..opts.metas).map(|i| MetaPeer { id: MetaNodeId(i as u64 + 1), addr: format!("127.0.0.1:{}", ports[i]) }).collect();

@@ -53,17 +53,7 @@ fn load_cached(path: &Path) -> Result<Option<Grant>> {
 }
 
 fn save_cached(path: &Path, grant: &Grant) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(&codec::encode(grant))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(shoal_pki::write_atomic(path, &codec::encode(grant), 0o600)?)
 }
 
 /// The identity commands act as: the cached ticket, else the admin key.

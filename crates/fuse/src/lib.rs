@@ -74,6 +74,9 @@ struct OpenFile {
     /// End of the furthest byte among `pending`.
     pending_end: u64,
     append: bool,
+    /// Opened for writing (or with O_TRUNC), as the kernel or `squashed_root_may_open` allowed:
+    /// what lets a later ftruncate through this handle skip the permission check.
+    writable: bool,
     reads: readahead::ReadState,
     reserved: shoal_client::data::Reserved,
     /// When the oldest of `pending` was put.
@@ -302,11 +305,14 @@ impl ShoalFs {
         if !(self.ids.root_squash && req.uid() == 0) {
             return true;
         }
-        let want = match flags & libc::O_ACCMODE {
+        let mut want = match flags & libc::O_ACCMODE {
             libc::O_RDONLY => 4,
             libc::O_WRONLY => 2,
             _ => 6,
         };
+        if flags & libc::O_TRUNC != 0 {
+            want |= 2; // the truncation that follows is a write
+        }
         let bits = if a.uid == NOBODY {
             a.mode >> 6
         } else if a.gid == NOBODY {
@@ -416,7 +422,9 @@ impl ShoalFs {
         Ok(())
     }
 
-    fn new_fh(&self, handle: FileHandle, append: bool) -> u64 {
+    fn new_fh(&self, handle: FileHandle, flags: i32) -> u64 {
+        let append = flags & libc::O_APPEND != 0;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile {
             handle,
@@ -424,6 +432,7 @@ impl ShoalFs {
             pending: Vec::new(),
             pending_end: 0,
             append,
+            writable,
             reads: Default::default(),
             reserved: Default::default(),
             pending_since: None,
@@ -526,7 +535,8 @@ impl Filesystem for ShoalFs {
         // ftruncate on a descriptor opened for writing needs no write permission now (the file
         // may have been created with mode 0): the kernel checked it at open.
         let only_size = size.is_some() && mode.is_none() && uid.is_none() && gid.is_none() && atime.is_none() && mtime.is_none();
-        let as_who = if only_size && fh.is_some_and(|fh| self.file(fh).is_ok()) { Credentials::ROOT } else { self.cred(req) };
+        let opened_for_writing = fh.and_then(|fh| self.file(fh).ok()).is_some_and(|f| f.lock().expect("file").writable);
+        let as_who = if only_size && opened_for_writing { Credentials::ROOT } else { self.cred(req) };
         let r = self.run(self.client.meta_as(&as_who, MetaOp::SetAttr { handle: self.handle(ino), set })).and_then(attr_reply);
         self.local_changes.fetch_add(1, Ordering::AcqRel);
         match r {
@@ -628,7 +638,7 @@ impl Filesystem for ShoalFs {
                     let _ = self.run(self.client.release(handle));
                     return reply.error(Errno::EACCES);
                 }
-                let fh = self.new_fh(handle, flags.0 & libc::O_APPEND != 0);
+                let fh = self.new_fh(handle, flags.0);
                 if self.open_snapshot && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
                     // Reads of this open come from the version it opened, past the page cache
                     // (which is per inode, shared with opens of newer versions).
@@ -666,7 +676,7 @@ impl Filesystem for ShoalFs {
             Ok(a) => {
                 let attr = self.attr(&a);
                 self.page_versions.lock().expect("page versions").insert(a.handle.inode.0, a.version);
-                let fh = self.new_fh(a.handle, flags & libc::O_APPEND != 0);
+                let fh = self.new_fh(a.handle, flags);
                 reply.created(&NO_TTL, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),

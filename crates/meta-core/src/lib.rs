@@ -49,12 +49,18 @@ pub struct PromiseHorizon {
     pub watchers: Vec<shoal_types::SessionId>,
 }
 
-/// The last promise horizon recorded in the log, if any.
+/// The client name a session was opened with (the metadata service prefixes it with the
+/// principal that opened it), if the session is alive.
+pub fn session_client(kv: &impl kv::KvRead, session: shoal_types::SessionId) -> Option<String> {
+    apply::load::<records::SessionRec>(kv, kv::Table::Sessions, &kv::key::u64(session.0)).map(|s| s.client)
+}
+
 /// A registered user's record (with the key: for the key distribution centre only).
 pub fn user(kv: &impl kv::KvRead, name: &str) -> Option<shoal_types::meta_msg::UserRec> {
     apply::load(kv, kv::Table::Users, name.as_bytes())
 }
 
+/// The last promise horizon recorded in the log, if any.
 pub fn promise_horizon(kv: &impl kv::KvRead) -> Option<PromiseHorizon> {
     apply::load(kv, kv::Table::Meta, apply::PROMISE_HORIZON_KEY)
 }

@@ -135,6 +135,10 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
             Ok(MetaReply::XattrNames(names))
         }
         MetaOp::FragmentedChunks { limit } => {
+            // The compactor's work list names files anywhere in the tree: for the admin only.
+            if cred.uid != 0 {
+                return Err(FsError::NotPermitted);
+            }
             let rows = kv.scan(Table::Fragmented, &[], &[0xff; 17], (*limit).clamp(1, 1024) as usize);
             let mut out = Vec::with_capacity(rows.len());
             for (k, _) in rows {

@@ -328,6 +328,9 @@ fn fragmented_chunks_are_queued_and_compaction_swaps_only_an_unchanged_chunk() {
     }
     let MetaReply::Fragmented(queued) = t.read(MetaOp::FragmentedChunks { limit: 10 }).unwrap() else { panic!() };
     assert_eq!(queued, vec![(f.handle, 0)]);
+    t.cred = Credentials { uid: 1000, gid: 1000, groups: vec![] };
+    assert_eq!(t.read(MetaOp::FragmentedChunks { limit: 10 }), Err(FsError::NotPermitted), "the work list is the admin's");
+    t.cred = Credentials::ROOT;
     let MetaReply::Layout(layout) = t.read(MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).unwrap() else { panic!() };
     let replaces = layout.chunks[0].1.clone();
     let compact = |t: &mut T, replaces: Vec<Slice>| {

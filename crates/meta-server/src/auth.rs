@@ -6,15 +6,22 @@ use crate::store::ReadKv;
 use shoal_auth::{AuthError, ClusterKeys, Identity, Kdc, Lifetimes, ReplayCache, REPLAY_CACHE_MAX};
 use shoal_types::config::MetaConfig;
 use shoal_types::meta_msg::{AuthReply, AuthRequest, MetaReply, RequestAuth};
-use shoal_types::{Credentials, FsError};
+use shoal_types::{Credentials, FsError, SessionId};
 use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub struct Auth {
     kdc: Kdc,
     replay: Mutex<ReplayCache>,
     db: Arc<redb::Database>,
+    /// Principals of sessions already looked up (session ids are never reused), so the
+    /// check that a request comes from its session's principal rarely reads the store.
+    owners: Mutex<HashMap<SessionId, String>>,
 }
+
+/// Entries kept in the session-owner cache before it starts again empty.
+const OWNERS_MAX: usize = 1 << 16;
 
 const SEC: i64 = 1_000_000_000;
 
@@ -43,7 +50,7 @@ impl Auth {
         };
         // Authenticators dated before now were made for another process (or are replays).
         let replay = ReplayCache::new(shoal_auth::now_ns(), life.skew_ns, REPLAY_CACHE_MAX);
-        Auth { kdc: Kdc { keys, life }, replay: Mutex::new(replay), db }
+        Auth { kdc: Kdc { keys, life }, replay: Mutex::new(replay), db, owners: Mutex::default() }
     }
 
     pub fn keys(&self) -> &ClusterKeys {
@@ -54,14 +61,52 @@ impl Auth {
         self.replay.lock().expect("replay cache lock")
     }
 
-    /// Who sent `request` (its encoding), as its ticket says; the credentials it acts with.
-    pub fn verify(&self, peer: SocketAddr, auth: &RequestAuth, request: &[u8], claimed: &Credentials) -> Result<Credentials, FsError> {
+    /// Who sent `request` (its encoding), as its ticket says.
+    pub fn verify(&self, peer: SocketAddr, auth: &RequestAuth, request: &[u8]) -> Result<Identity, FsError> {
         let now = shoal_auth::now_ns();
-        let identity = self.kdc.verify(&auth.ticket, &auth.authenticator, request, now, &mut self.replay()).map_err(|e| {
+        self.kdc.verify(&auth.ticket, &auth.authenticator, request, now, &mut self.replay()).map_err(|e| {
             tracing::warn!(%peer, "refused a request: {e}");
             refusal(e)
-        })?;
-        Ok(credentials(&identity, claimed))
+        })
+    }
+
+    /// Bind `req` to `identity`: a new session records its principal (in its client name); any
+    /// other request naming a session must come from that session's principal, so nobody can
+    /// use, close or read the replies of another user's session. Then the credentials.
+    pub async fn bind(&self, peer: SocketAddr, identity: &Identity, req: &mut shoal_types::meta_msg::MetaRequest) -> Result<(), FsError> {
+        use shoal_types::meta_msg::MetaOp;
+        let owner = format!("{}@", identity.principal);
+        if let MetaOp::OpenSession { client } = &mut req.op {
+            *client = format!("{owner}{client}");
+        } else if req.session != SessionId(0) {
+            let name = self.session_owner(req.session).await?;
+            if name.is_some_and(|n| !n.starts_with(&owner)) {
+                tracing::warn!(%peer, principal = identity.principal, session = req.session.0, "refused a request on another user's session");
+                return Err(FsError::Unauthenticated("the session belongs to another user".into()));
+            }
+        }
+        req.cred = credentials(identity, &req.cred);
+        Ok(())
+    }
+
+    /// The client name `session` was opened with, if it is alive (or was, when first looked up:
+    /// a session's owner never changes, and an ended session refuses requests by itself).
+    async fn session_owner(&self, session: SessionId) -> Result<Option<String>, FsError> {
+        if let Some(name) = self.owners.lock().expect("owners lock").get(&session) {
+            return Ok(Some(name.clone()));
+        }
+        let db = self.db.clone();
+        let name = tokio::task::spawn_blocking(move || ReadKv::new(&db).ok().and_then(|kv| shoal_meta_core::session_client(&kv, session)))
+            .await
+            .map_err(|e| FsError::Internal(e.to_string()))?;
+        if let Some(name) = &name {
+            let mut owners = self.owners.lock().expect("owners lock");
+            if owners.len() >= OWNERS_MAX {
+                owners.clear();
+            }
+            owners.insert(session, name.clone());
+        }
+        Ok(name)
     }
 
     /// One ticket exchange.
@@ -84,13 +129,27 @@ impl Auth {
                     refusal(e)
                 });
             }
-            AuthRequest::Service { tgt, authenticator } => self.kdc.service(&tgt, &authenticator, now, &mut self.replay()),
-            AuthRequest::Renew { tgt, authenticator } => self.kdc.renew(&tgt, &authenticator, now, &mut self.replay()),
+            AuthRequest::Service { tgt, authenticator } => match self.holder(&tgt, now).await? {
+                Ok(rec) => self.kdc.service(&tgt, &authenticator, rec.as_ref(), now, &mut self.replay()),
+                Err(e) => Err(e),
+            },
+            AuthRequest::Renew { tgt, authenticator } => match self.holder(&tgt, now).await? {
+                Ok(rec) => self.kdc.renew(&tgt, &authenticator, rec.as_ref(), now, &mut self.replay()),
+                Err(e) => Err(e),
+            },
         };
         result.map(AuthReply::Grant).map_err(|e| {
             tracing::warn!(%peer, "refused a ticket exchange: {e}");
             refusal(e)
         })
+    }
+
+    /// The current record of the user a TGT names (outer error: the store failed).
+    async fn holder(&self, tgt: &[u8], now: i64) -> Result<Result<Option<shoal_types::meta_msg::UserRec>, AuthError>, FsError> {
+        match self.kdc.tgt_principal(tgt, now) {
+            Ok(name) => Ok(Ok(self.user(&name).await?)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     async fn user(&self, name: &str) -> Result<Option<shoal_types::meta_msg::UserRec>, FsError> {

@@ -320,11 +320,11 @@ impl Service for MetaService {
             }
             MetaWireReq::Authed { auth, mut req } => {
                 let encoded = codec::encode(&req);
-                let reply = match self.auth.verify(peer.addr, &auth, &encoded, &req.cred) {
-                    Ok(cred) => {
-                        req.cred = cred;
-                        self.client(&peer, req).await.map(|r| self.auth.with_capability(r))
-                    }
+                let reply = match self.auth.verify(peer.addr, &auth, &encoded) {
+                    Ok(identity) => match self.auth.bind(peer.addr, &identity, &mut req).await {
+                        Ok(()) => self.client(&peer, req).await.map(|r| self.auth.with_capability(r)),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 };
                 (MetaWireResp::Client(reply), Bytes::new())

@@ -21,8 +21,8 @@ pub fn write_ca(dir: &Path, ca: &Ca) -> Result<CaFiles> {
         cert: dir.join(CA_CERT_FILE),
         key: dir.join(CA_KEY_FILE),
     };
-    write_file(&files.cert, ca.cert_pem(), 0o644)?;
-    write_file(&files.key, ca.key_pem(), 0o600)?;
+    write_atomic(&files.cert, ca.cert_pem().as_bytes(), 0o644)?;
+    write_atomic(&files.key, ca.key_pem().as_bytes(), 0o600)?;
     Ok(files)
 }
 
@@ -49,8 +49,8 @@ pub fn write_files(dir: &Path, stem: &str, cert: &IssuedCert) -> Result<TlsFiles
         cert: dir.join(format!("{stem}.crt")),
         key: dir.join(format!("{stem}.key")),
     };
-    write_file(&files.cert, &cert.cert_pem, 0o644)?;
-    write_file(&files.key, &cert.key_pem, 0o600)?;
+    write_atomic(&files.cert, cert.cert_pem.as_bytes(), 0o644)?;
+    write_atomic(&files.key, cert.key_pem.as_bytes(), 0o600)?;
     Ok(files)
 }
 
@@ -63,7 +63,8 @@ pub(crate) fn read_to_string(path: &Path) -> Result<String> {
 
 /// Writes through a temporary file created with `mode` and renamed over `path`, so a key is never
 /// readable by others, not even for a moment, and a crash leaves the old file or the new one.
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
+/// Every secret and certificate file of a cluster is written this way.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let err = |source| PkiError::Write {
         path: path.to_owned(),
         source,
@@ -87,7 +88,7 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     let _ = mode;
     let result = (|| {
         let mut file = options.open(&tmp_path)?;
-        file.write_all(contents.as_bytes())?;
+        file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp_path, path)
     })();

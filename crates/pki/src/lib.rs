@@ -21,7 +21,7 @@ mod files;
 mod tls;
 
 pub use ca::{cert_serial, Ca, IssuedCert, Role};
-pub use files::{read_ca, write_ca, write_files, CaFiles, CA_CERT_FILE, CA_KEY_FILE};
+pub use files::{read_ca, write_atomic, write_ca, write_files, CaFiles, CA_CERT_FILE, CA_KEY_FILE};
 pub use shoal_types::config::TlsFiles;
 pub use tls::{
     client_config, peer_identity, require_role, server_config, server_name, PeerIdentity, ALPN,

@@ -40,7 +40,9 @@ impl StoreService {
     /// certificates; a client needs a capability naming the blob and the right.
     fn admit(&self, peer: &PeerInfo, req: StoreRequest) -> Result<StoreRequest, FsError> {
         let role = peer.identity.as_ref().map(|i| i.role);
-        let trusted = matches!(role, Some(Role::Store | Role::Meta | Role::Admin));
+        // Only the cluster's own servers act without a capability; an admin or client
+        // certificate names a machine, not a right to any blob.
+        let trusted = matches!(role, Some(Role::Store | Role::Meta));
         let (cap, inner) = match req {
             StoreRequest::Capable { cap, req } => (cap, *req),
             StoreRequest::Stat => return Ok(StoreRequest::Stat),
@@ -90,7 +92,8 @@ impl StoreService {
                 Ok((StoreReply::Data { len: data.len() as u64 }, Bytes::from(data)))
             }
             StoreRequest::Delete { blob, term } => {
-                if role != Some(Role::Admin) && role != Some(Role::Meta) {
+                if role != Some(Role::Meta) {
+                    tracing::warn!(peer = %peer.addr, blob = blob.0, "refused a delete from a peer that is not a metadata server");
                     return Err(FsError::PermissionDenied);
                 }
                 self.check_term(term)?;

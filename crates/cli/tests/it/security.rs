@@ -92,10 +92,17 @@ fn logins_and_foreign_or_altered_tickets_are_refused_and_logged() {
     let foreign = login(&other, "alice", "alice's password");
     refused(&as_user(&c, &foreign, &["ls", "/"], ""), "issued by another cluster");
 
+    // A removed user's ticket-granting ticket buys no new ticket.
+    add_user(&c, "carol", 1002, "pw");
+    let carol = login(&c, "carol", "pw");
+    assert!(as_user(&c, &carol, &["ls", "/"], "").status.success());
+    c.must_shoal(&["user", "remove", "carol"]);
+    refused(&as_user(&c, &carol, &["ls", "/"], ""), "no longer exists");
+
     let o = as_user(&c, &alice, &["logout"], "");
     assert!(o.status.success() && !alice.exists());
     let logs = meta_logs(&c);
-    for why in ["refused a login: wrong password", "altered or forged", "issued by another cluster"] {
+    for why in ["refused a login: wrong password", "altered or forged", "issued by another cluster", "no longer exists"] {
         assert!(logs.contains(why), "the metadata service logs {why:?}");
     }
 }
@@ -327,11 +334,27 @@ async fn storage_servers_refuse_requests_without_a_valid_capability() {
     let del = StoreRequest::Delete { blob: mine.blob, term: shoal_types::Term(u64::MAX) };
     assert!(client.store_call(addr, &del, &[]).await.is_err());
     assert!(client.store_call(addr, &get(mine.blob).with_cap(Some(&cap)), &[]).await.is_ok(), "still there");
+
+    // A certificate with the admin role (signed by the cluster's CA) is no server: it too needs
+    // a capability, and may not delete.
+    let ca = shoal_pki::read_ca(&c.path().join("tls")).unwrap();
+    let files = shoal_pki::write_files(&c.path().join("tls"), "admin-test", &ca.issue(shoal_pki::Role::Admin, "admin-test", &[]).unwrap()).unwrap();
+    let admin = shoal_net::RpcClient::new(addr.clone(), shoal_pki::client_config(&files).unwrap(), 1, Duration::from_secs(10));
+    let call = |req: StoreRequest| {
+        let admin = &admin;
+        async move {
+            let (r, _): (shoal_types::store_msg::StoreResponse, bytes::Bytes) = admin.call(&req, &[]).await.unwrap();
+            r
+        }
+    };
+    assert!(matches!(call(get(mine.blob)).await, Err(FsError::Unauthenticated(_))), "admin role without a capability");
+    assert!(call(StoreRequest::Delete { blob: mine.blob, term: shoal_types::Term(u64::MAX) }).await.is_err(), "admin role deleting");
+    assert!(client.store_call(addr, &get(mine.blob).with_cap(Some(&cap)), &[]).await.is_ok(), "still there");
 }
 
 #[test]
 fn an_admin_mount_squashes_root_and_maps_local_ids() {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     use std::os::unix::process::CommandExt;
     let c = TestCluster::start();
     let secret = c.file("secret");
@@ -348,6 +371,12 @@ fn an_admin_mount_squashes_root_and_maps_local_ids() {
     assert_eq!(read.map_err(|e| e.raw_os_error()), Err(Some(libc::EACCES)), "root squashed");
     let made = std::fs::write(mnt.join("planted"), b"x");
     assert_eq!(made.map_err(|e| e.raw_os_error()), Err(Some(libc::EACCES)), "root squashed: / is 0755 root's");
+    // Opening for reading with O_TRUNC is a write too: a world-readable file stays whole.
+    c.must_shoal(&["put", secret.to_str().unwrap(), "/readable"]);
+    c.must_shoal(&["chmod", "644", "/readable"]);
+    let trunc = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_TRUNC).open(mnt.join("readable"));
+    assert_eq!(trunc.map(|_| ()).map_err(|e| e.raw_os_error()), Err(Some(libc::EACCES)), "O_RDONLY|O_TRUNC by squashed root");
+    assert_eq!(std::fs::read(mnt.join("readable")).unwrap(), b"root's", "not truncated");
     // Local uid 4242 is cluster uid 1000, and shows as 4242 locally.
     let st = Command::new("sh").arg("-c").arg(format!("echo hi > {}/shared/mapped", mnt.display())).uid(4242).gid(4242).status().unwrap();
     assert!(st.success());
@@ -388,4 +417,38 @@ async fn rotated_and_revoked_certificates_are_refused() {
     let _ = again.wait();
     assert!(meta_logs(&c).contains("revoked") || meta_logs(&c).contains("Revoked"), "the refusal is logged");
     c.must_shoal(&["mkdir", "/after"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_can_use_another_users_session() {
+    let c = TestCluster::start();
+    add_user(&c, "alice", 1000, "pw");
+    add_user(&c, "bob", 1001, "pw");
+    c.must_shoal(&["mkdir", "/shared"]);
+    c.must_shoal(&["chmod", "1777", "/shared"]);
+    let cfg = c.client_config();
+    let bob = Client::connect_as(&cfg, Login::Tgt(cached_grant(&login(&c, "bob", "pw"))), Credentials::ROOT, "bob").await.unwrap();
+    let shared = bob.resolve("/shared").await.unwrap();
+
+    // Alice, with her own valid ticket, names bob's session: refused, whatever the request.
+    let tls = shoal_pki::client_config(&cfg.tls).unwrap();
+    let anon = Client::without_session(&cfg, tls.clone(), Credentials::ROOT).unwrap();
+    let tgt = anon.login_password("alice", b"pw").await.unwrap();
+    let st = service_ticket(&anon, &tgt).await;
+    let leader = c.leader();
+    let addr = cfg.meta.iter().find(|m| m.id.0 == leader).unwrap().addr.clone();
+    let rpc = shoal_net::RpcClient::new(addr, tls, 1, Duration::from_secs(10));
+    for (seq, op) in [
+        (1, MetaOp::Mkdir { parent: shared.handle, name: "as-bob".into(), mode: 0o755 }),
+        (2, MetaOp::CloseSession),
+        (0, MetaOp::WatchCallbacks { acks: vec![], term: 0 }),
+    ] {
+        let req = MetaRequest { session: bob.session(), seq, cred: Credentials::ROOT, op };
+        let r = send(&rpc, &authed(&st, &req, shoal_auth::now_us())).await;
+        assert!(matches!(&r, Err(FsError::Unauthenticated(m)) if m.contains("another user")), "{r:?}");
+    }
+    // Bob's session is intact and his.
+    let made = bob.mkdir(shared.handle, "bobs", 0o755).await.unwrap();
+    assert_eq!(made.uid, 1001);
+    assert!(meta_logs(&c).contains("another user's session"), "the refusal is logged");
 }
