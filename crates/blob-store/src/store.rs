@@ -266,6 +266,11 @@ impl<D: Disk> BlobStore<D> {
         lock(&self.index).keys().copied().collect()
     }
 
+    /// Stored blobs with their file sizes, in id order.
+    pub fn list_with_bytes(&self) -> Vec<(BlobId, u64)> {
+        lock(&self.index).iter().map(|(b, n)| (*b, *n)).collect()
+    }
+
     /// File bytes of the stored blobs (headers and block tables included) plus space reserved by
     /// puts in progress.
     pub fn used_bytes(&self) -> u64 {

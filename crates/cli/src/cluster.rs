@@ -56,6 +56,8 @@ pub struct InitOptions {
     pub callback_lease_ms: u64,
     pub ticket_lifetime_s: u64,
     pub ticket_renew_s: u64,
+    pub scrub_mib_per_s: u64,
+    pub scrub_every_s: u64,
 }
 
 impl Default for InitOptions {
@@ -68,6 +70,8 @@ impl Default for InitOptions {
             callback_lease_ms: defaults::callback_lease_ms(),
             ticket_lifetime_s: defaults::ticket_lifetime_s(),
             ticket_renew_s: defaults::ticket_renew_s(),
+            scrub_mib_per_s: defaults::scrub_mib_per_s(),
+            scrub_every_s: defaults::scrub_every_s(),
         }
     }
 }
@@ -182,6 +186,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
             capacity_bytes: opts.store_capacity_bytes,
             heartbeat_ms: defaults::store_heartbeat_ms(),
             capability_key: Some(cap_key.clone()),
+            scrub_mib_per_s: opts.scrub_mib_per_s,
+            scrub_every_s: opts.scrub_every_s,
         };
         write_toml(&data_dir.join("store.toml"), &cfg)?;
     }

@@ -372,6 +372,12 @@ pub async fn status(dir: &Path, json: bool) -> Result<()> {
         "files: {}   blobs: {}   under-replicated: {}   awaiting gc: {}   sessions: {}",
         s.files, s.blobs, s.blobs_under_replicated, s.blobs_awaiting_gc, s.sessions
     );
+    if s.blobs_stranded + s.blobs_damaged > 0 {
+        println!(
+            "waiting for a failed server: {}   damaged (last copy corrupt): {}",
+            s.blobs_stranded, s.blobs_damaged
+        );
+    }
     Ok(())
 }
 
@@ -386,6 +392,8 @@ fn status_json(s: &shoal_types::meta_msg::ClusterStatus) -> serde_json::Value {
         "blobs": s.blobs,
         "blobs_under_replicated": s.blobs_under_replicated,
         "blobs_awaiting_gc": s.blobs_awaiting_gc,
+        "blobs_stranded": s.blobs_stranded,
+        "blobs_damaged": s.blobs_damaged,
         "sessions": s.sessions,
     })
 }

@@ -6,6 +6,7 @@ mod bench;
 mod certs;
 mod cluster;
 mod files;
+mod health;
 mod mount;
 mod users;
 
@@ -52,6 +53,12 @@ enum Cmd {
         /// How long after a login its ticket may be renewed (s).
         #[arg(long, default_value_t = shoal_types::config::defaults::ticket_renew_s())]
         ticket_renew_s: u64,
+        /// Background scrubbing rate of each storage server (MiB/s; 0: none).
+        #[arg(long, default_value_t = shoal_types::config::defaults::scrub_mib_per_s())]
+        scrub_mib_per_s: u64,
+        /// Seconds between background scrub passes.
+        #[arg(long, default_value_t = shoal_types::config::defaults::scrub_every_s())]
+        scrub_every_s: u64,
     },
     /// Start the local cluster (initializing it first if needed); returns once healthy with
     /// --detach, else stays in the foreground and stops everything on Ctrl-C.
@@ -74,6 +81,18 @@ enum Cmd {
     },
     /// Unmount, after what is buffered is written.
     Umount { mountpoint: PathBuf },
+    /// Ask every storage server to re-read and check all it stores now; --wait follows the
+    /// passes and the repair of what they find, then prints a summary.
+    Scrub {
+        #[arg(long)]
+        wait: bool,
+    },
+    /// How many blobs wait for repair; --wait follows the repairs until every blob a live
+    /// server can copy is fully protected.
+    Repair {
+        #[arg(long)]
+        wait: bool,
+    },
     /// Leader, term, members, storage servers, capacity and health.
     Status {
         #[arg(long)]
@@ -163,6 +182,9 @@ enum Cmd {
         /// resident memory (the figure uses 1000000).
         #[arg(long, default_value_t = 0)]
         files: u64,
+        /// Instead: kill -9 the metadata leader this many times and time each failover.
+        #[arg(long, default_value_t = 0)]
+        failover_kills: usize,
     },
 }
 
@@ -248,7 +270,17 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg: StoreConfig = cluster::read_toml(&config)?;
             shoal_store_server::run(cfg).await
         }
-        Cmd::Init { metas, stores, store_capacity, snapshot_every, callback_lease_ms, ticket_lifetime_s, ticket_renew_s } => {
+        Cmd::Init {
+            metas,
+            stores,
+            store_capacity,
+            snapshot_every,
+            callback_lease_ms,
+            ticket_lifetime_s,
+            ticket_renew_s,
+            scrub_mib_per_s,
+            scrub_every_s,
+        } => {
             let opts = cluster::InitOptions {
                 metas,
                 stores,
@@ -257,6 +289,8 @@ async fn run(cli: Cli) -> Result<()> {
                 callback_lease_ms,
                 ticket_lifetime_s,
                 ticket_renew_s,
+                scrub_mib_per_s,
+                scrub_every_s,
             };
             let c = cluster::init(&dir, &opts)?;
             println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());
@@ -274,13 +308,16 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Status { json } => files::status(&dir, json).await,
+        Cmd::Scrub { wait } => health::scrub(&dir, wait).await,
+        Cmd::Repair { wait } => health::repair(&dir, wait).await,
         Cmd::User { cmd } => users::user(&dir, cmd).await,
         Cmd::Login { user, password_stdin } => users::login(&dir, &user, password_stdin).await,
         Cmd::Whoami => users::whoami(&dir),
         Cmd::Logout => users::logout(&dir),
         Cmd::Cert { cmd: CertCmd::Rotate } => certs::rotate(&dir).await,
         Cmd::Cert { cmd: CertCmd::Revoke { name } } => certs::revoke(&dir, &name).await,
-        Cmd::Bench { size_mib, creates, rounds, files } => bench::run(&dir, size_mib, creates, rounds, files).await,
+        Cmd::Bench { failover_kills, .. } if failover_kills > 0 => bench::failover(&dir, failover_kills).await,
+        Cmd::Bench { size_mib, creates, rounds, files, .. } => bench::run(&dir, size_mib, creates, rounds, files).await,
         other => files::run(&dir, other).await,
     }
 }

@@ -26,8 +26,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Attempts of one metadata request before giving up.
-pub const META_ATTEMPTS_MAX: u32 = 40;
+/// Attempts of one metadata request before giving up (a bound besides [`META_RETRY_FOR`]).
+pub const META_ATTEMPTS_MAX: u32 = 1000;
+/// Time after which a metadata request stops retrying (an attempt in flight may add
+/// [`META_TIMEOUT`]): failovers take about a second, so this only ends waits for a partition
+/// or a cluster that is down, with the last error seen.
+pub const META_RETRY_FOR: Duration = Duration::from_secs(25);
+/// Longest pause between attempts while the metadata nodes have no leader (or the one tried
+/// is down): a new leader is elected within about a second.
+pub const ELECTION_POLL: Duration = Duration::from_millis(100);
 /// First backoff; doubles each attempt up to [`BACKOFF_MAX`], with full jitter.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
@@ -224,7 +231,11 @@ impl Client {
         let req = MetaRequest { session: self.session, seq, cred: cred.clone(), op };
         let mut last_err = FsError::Unavailable("no metadata server answered".into());
         let mut renewed = false;
+        let started = std::time::Instant::now();
         for attempt in 0..META_ATTEMPTS_MAX {
+            if attempt > 0 && started.elapsed() > META_RETRY_FOR {
+                break;
+            }
             let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();
             let (_, rpc) = &self.meta[idx];
             self.refresh_tickets(false).await?;
@@ -243,11 +254,15 @@ impl Client {
                     self.leader.store(next, Ordering::Relaxed);
                     last_err = FsError::NotLeader { leader_hint };
                     if leader_hint.is_none() || next == idx {
-                        tokio::time::sleep(backoff(attempt)).await;
+                        // An election is on: poll briskly, it ends within a second or two.
+                        tokio::time::sleep(backoff(attempt).min(ELECTION_POLL)).await;
                     }
                 }
                 Ok((MetaWireResp::Client(Err(e @ FsError::Unavailable(_))), _)) => {
+                    // Busy, or a leader cut off from its majority (while the majority may have
+                    // elected another): try the next node too.
                     last_err = e;
+                    self.leader.store((idx + 1) % self.meta.len(), Ordering::Relaxed);
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Ok((MetaWireResp::Client(r), _)) => return r,
@@ -258,9 +273,12 @@ impl Client {
                 }
                 Err(e) => {
                     tracing::debug!("metadata server {} unreachable: {e}", rpc.addr());
-                    last_err = e.into();
+                    // A node's own answer (say "no quorum") tells more than another's silence.
+                    if !matches!(last_err, FsError::Unavailable(ref m) if m.starts_with("no quorum")) {
+                        last_err = e.into();
+                    }
                     self.leader.store((idx + 1) % self.meta.len(), Ordering::Relaxed);
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(backoff(attempt).min(ELECTION_POLL)).await;
                 }
             }
         }

@@ -73,7 +73,11 @@ impl Client {
         for attempt in 0..self.meta.len() as u32 * 3 {
             let idx = (self.leader.load(Ordering::Relaxed) + attempt as usize) % self.meta.len();
             match self.meta[idx].1.call::<_, MetaWireResp>(&wire, &[]).await {
-                Ok((MetaWireResp::Auth(r), _)) => return r,
+                Ok((MetaWireResp::Auth(r), _)) => {
+                    // A node that answers: where the next request starts too.
+                    self.leader.store(idx, Ordering::Relaxed);
+                    return r;
+                }
                 Ok((other, _)) => return Err(unexpected("a ticket reply", other)),
                 // Our certificate was refused: another node will not think otherwise.
                 Err(e @ shoal_net::NetError::Handshake { .. }) => return Err(e.into()),

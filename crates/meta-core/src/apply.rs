@@ -13,6 +13,8 @@ use shoal_types::*;
 pub(crate) const COUNTERS_KEY: &[u8] = b"counters";
 pub(crate) const PARAMS_KEY: &[u8] = b"params";
 pub(crate) const PROMISE_HORIZON_KEY: &[u8] = b"promise_horizon";
+/// The number of the latest scrub request (u64).
+pub(crate) const SCRUB_EPOCH_KEY: &[u8] = b"scrub_epoch";
 
 /// Apply one log entry and return the reply for its proposer.
 pub fn apply<K: Kv>(kv: &mut K, cmd: &Command) -> MetaResponse {
@@ -149,6 +151,7 @@ impl<K: Kv> Sm<'_, K> {
                 return self.register_store(*store, addr, *capacity, *used)
             }
             MetaOp::StoreHeartbeat(hb) => return self.store_heartbeat(hb),
+            MetaOp::ReportCorrupt { store, blobs } => return self.report_corrupt(*store, blobs),
             op if op.is_read() => return crate::read::read_op(self.kv, &req.cred, op, self.now),
             _ => {}
         }
@@ -229,6 +232,7 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::Commit(c) => self.commit(cred, c),
             MetaOp::AddUser(rec) => self.add_user(cred, rec),
             MetaOp::RemoveUser { name } => self.remove_user(cred, name),
+            MetaOp::RequestScrub => self.request_scrub(cred),
             other => Err(FsError::Invalid(format!("not a mutation: {other:?}"))),
         }
     }
@@ -782,6 +786,13 @@ impl<K: Kv> Sm<'_, K> {
         self.counters.blob_bytes = self.counters.blob_bytes.saturating_sub(info.len);
         self.kv.delete(Table::Blobs, &bkey);
         self.kv.delete(Table::Repair, &bkey);
+        for (k, _) in self.kv.scan(Table::Damaged, &bkey, &key::prefix_end(blob.0), usize::MAX) {
+            self.kv.delete(Table::Damaged, &k);
+            let holder = StoreId(key::read_u64(&k, 8));
+            if !info.stores.contains(&holder) {
+                self.kv.put(Table::GcOrders, &key::u64_u64(holder.0, blob.0), &[]);
+            }
+        }
         for s in &info.stores {
             self.kv.put(Table::GcOrders, &key::u64_u64(s.0, blob.0), &[]);
         }
@@ -1079,8 +1090,9 @@ impl<K: Kv> Sm<'_, K> {
                 }
                 self.kv.put(Table::StoreBlobs, &key::u64_u64(hb.store.0, b.0), &[]);
                 store(self.kv, Table::Blobs, &bkey, &info);
-                if self.healthy_copies(&info) >= info.policy.copies() {
+                if self.healthy_copies(*b, &info) >= info.policy.copies() {
                     self.kv.delete(Table::Repair, &bkey);
+                    self.drop_damaged(*b);
                 }
             } else {
                 // Freed while it was being repaired: the new copy is garbage.
@@ -1107,15 +1119,20 @@ impl<K: Kv> Sm<'_, K> {
                 break;
             }
             let Ok(mut rr) = codec::decode::<RepairRec>(&v) else { continue };
+            let blob_id = key::read_u64(&k, 0);
             let Some(info) = load::<BlobInfo>(self.kv, Table::Blobs, &k) else {
                 self.kv.delete(Table::Repair, &k);
                 continue;
             };
-            if self.healthy_copies(&info) >= info.policy.copies() {
+            if self.healthy_copies(BlobId(blob_id), &info) >= info.policy.copies() {
                 self.kv.delete(Table::Repair, &k);
+                self.drop_damaged(BlobId(blob_id));
                 continue;
             }
-            if info.stores.contains(&hb.store) || info.len > budget {
+            // A server still holding a corrupt or condemned copy would think it has the blob.
+            let deleting = self.kv.get(Table::GcOrders, &key::u64_u64(hb.store.0, blob_id)).is_some()
+                || self.kv.get(Table::Damaged, &key::u64_u64(blob_id, hb.store.0)).is_some();
+            if info.stores.contains(&hb.store) || deleting || info.len > budget {
                 continue;
             }
             if let Some((who, at)) = rr.assigned {
@@ -1126,25 +1143,81 @@ impl<K: Kv> Sm<'_, K> {
             let sources: Vec<StoreAddr> = info
                 .stores
                 .iter()
+                .filter(|s| self.kv.get(Table::Damaged, &key::u64_u64(blob_id, s.0)).is_none())
                 .filter_map(|s| {
                     let r: StoreRec = load(self.kv, Table::Stores, &key::u64(s.0))?;
                     r.alive.then(|| StoreAddr { store: *s, addr: r.addr })
                 })
                 .collect();
             if sources.is_empty() {
-                continue; // Every copy is on a failed server: wait for one to come back.
+                continue; // Every good copy is on a failed server: wait for one to come back.
             }
             rr.assigned = Some((hb.store.0, self.now));
             store(self.kv, Table::Repair, &k, &rr);
             budget -= info.len;
             repair.push(RepairOrder { blob: BlobId(key::read_u64(&k, 0)), len: info.len, crc: info.crc, sources });
         }
-        Ok(MetaReply::StoreOrders(StoreOrders { term: Term(0), delete, repair }))
+        let scrub_epoch = load::<u64>(self.kv, Table::Meta, SCRUB_EPOCH_KEY).unwrap_or(0);
+        Ok(MetaReply::StoreOrders(StoreOrders { term: Term(0), delete, repair, scrub_epoch }))
     }
 
-    fn healthy_copies(&self, info: &BlobInfo) -> usize {
+    /// `store` found its copies of `blobs` corrupt; each gets a `Damaged` row. A copy with
+    /// another copy beside it (on a live server or not) stops counting: it leaves the blob's
+    /// copies, so reads and repairs avoid it, and the blob is queued for repair; the copy itself
+    /// is deleted only once the blob is fully protected again (two copies bad in different
+    /// blocks are both kept until then). The last copy of a blob stays listed (its other blocks
+    /// still read), the blob leaves the repair queue, and the reply names it.
+    fn report_corrupt(&mut self, store_id: StoreId, blobs: &[BlobId]) -> MetaResponse {
+        let mut unrepairable = Vec::new();
+        for &blob in blobs {
+            let bkey = key::u64(blob.0);
+            let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) else { continue };
+            if !info.stores.contains(&store_id) {
+                continue; // Not a copy that counts (any more).
+            }
+            let dkey = key::u64_u64(blob.0, store_id.0);
+            let known = self.kv.get(Table::Damaged, &dkey).is_some();
+            self.kv.put(Table::Damaged, &dkey, &[]);
+            if info.stores.len() == 1 {
+                self.kv.delete(Table::Repair, &bkey);
+                unrepairable.push(blob);
+                continue;
+            }
+            if known {
+                continue;
+            }
+            info.stores.retain(|&s| s != store_id);
+            store(self.kv, Table::Blobs, &bkey, &info);
+            self.kv.delete(Table::StoreBlobs, &key::u64_u64(store_id.0, blob.0));
+            if self.kv.get(Table::Repair, &bkey).is_none() {
+                store(self.kv, Table::Repair, &bkey, &RepairRec { assigned: None });
+            }
+        }
+        Ok(MetaReply::Unrepairable(unrepairable))
+    }
+
+    /// Once `blob` is fully protected again, order its corrupt copies deleted.
+    fn drop_damaged(&mut self, blob: BlobId) {
+        for (k, _) in self.kv.scan(Table::Damaged, &key::u64(blob.0), &key::prefix_end(blob.0), usize::MAX) {
+            self.kv.delete(Table::Damaged, &k);
+            self.kv.put(Table::GcOrders, &key::u64_u64(key::read_u64(&k, 8), blob.0), &[]);
+        }
+    }
+
+    fn request_scrub(&mut self, cred: &Credentials) -> MetaResponse {
+        if cred.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        let epoch = load::<u64>(self.kv, Table::Meta, SCRUB_EPOCH_KEY).unwrap_or(0) + 1;
+        store(self.kv, Table::Meta, SCRUB_EPOCH_KEY, &epoch);
+        Ok(MetaReply::ScrubEpoch(epoch))
+    }
+
+    /// Copies of `blob` on live servers, not known corrupt.
+    fn healthy_copies(&self, blob: BlobId, info: &BlobInfo) -> usize {
         info.stores
             .iter()
+            .filter(|s| self.kv.get(Table::Damaged, &key::u64_u64(blob.0, s.0)).is_none())
             .filter(|s| load::<StoreRec>(self.kv, Table::Stores, &key::u64(s.0)).is_some_and(|r| r.alive))
             .count()
     }

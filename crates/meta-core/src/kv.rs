@@ -48,9 +48,13 @@ pub enum Table {
     HeldBlobs,
     /// name -> `UserRec`: who can log in (with their derived keys).
     Users,
+    /// (blob, store) -> (): a copy reported corrupt that was its blob's last one. It stays
+    /// listed (its other blocks still read), the blob leaves the repair queue, and `status`
+    /// counts it as unrepairable.
+    Damaged,
 }
 
-pub const TABLES: [Table; 19] = [
+pub const TABLES: [Table; 20] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -70,6 +74,7 @@ pub const TABLES: [Table; 19] = [
     Table::Xattrs,
     Table::HeldBlobs,
     Table::Users,
+    Table::Damaged,
 ];
 
 impl Table {
@@ -94,6 +99,7 @@ impl Table {
             Table::Xattrs => "xattrs",
             Table::HeldBlobs => "held_blobs",
             Table::Users => "users",
+            Table::Damaged => "damaged",
         }
     }
 }

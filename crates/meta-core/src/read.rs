@@ -160,6 +160,36 @@ fn stores(kv: &impl KvRead) -> Vec<(StoreId, StoreRec)> {
         .collect()
 }
 
+/// Blobs whose last copy is damaged (a damaged copy still listed among the blob's copies).
+fn damaged(kv: &impl KvRead) -> u64 {
+    let mut blobs: Vec<u64> = kv
+        .scan(Table::Damaged, &[], &[0xff; 17], usize::MAX)
+        .iter()
+        .filter(|(k, _)| {
+            let (blob, holder) = (key::read_u64(k, 0), StoreId(key::read_u64(k, 8)));
+            load::<BlobInfo>(kv, Table::Blobs, &key::u64(blob)).is_some_and(|i| i.stores.contains(&holder))
+        })
+        .map(|(k, _)| key::read_u64(k, 0))
+        .collect();
+    blobs.dedup();
+    blobs.len() as u64
+}
+
+/// Queued repairs with no good copy on a live server to copy from.
+fn stranded(kv: &impl KvRead) -> u64 {
+    let good = |blob: u64, s: &StoreId| {
+        kv.get(Table::Damaged, &key::u64_u64(blob, s.0)).is_none()
+            && load::<StoreRec>(kv, Table::Stores, &key::u64(s.0)).is_some_and(|r| r.alive)
+    };
+    kv.scan(Table::Repair, &[], &[0xff; 9], usize::MAX)
+        .iter()
+        .filter(|(k, _)| {
+            let blob = key::read_u64(k, 0);
+            load::<BlobInfo>(kv, Table::Blobs, k).is_some_and(|i| !i.stores.iter().any(|s| good(blob, s)))
+        })
+        .count() as u64
+}
+
 /// The state machine's part of `shoal status`; the server adds Raft's part.
 pub fn status(kv: &impl KvRead) -> ClusterStatus {
     let counters: Counters = load(kv, Table::Meta, crate::apply::COUNTERS_KEY).unwrap_or_default();
@@ -176,6 +206,8 @@ pub fn status(kv: &impl KvRead) -> ClusterStatus {
         blobs: count(Table::Blobs),
         blobs_under_replicated: count(Table::Repair),
         blobs_awaiting_gc: count(Table::GcOrders),
+        blobs_damaged: damaged(kv),
+        blobs_stranded: stranded(kv),
         sessions: count(Table::Sessions),
         ..Default::default()
     }

@@ -404,3 +404,72 @@ fn create_open_creates_and_opens_once_even_when_retried() {
     t.op(MetaOp::Release { handle: a.handle }).unwrap();
     assert_eq!(t.read(MetaOp::GetAttr { handle: a.handle }), Err(FsError::Stale));
 }
+
+#[test]
+fn a_corrupt_copy_is_replaced_before_it_is_deleted_and_a_corrupt_last_copy_is_kept() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let f = t.must_create(ROOT, "f");
+    let blob = t.must_write(f.handle, 100);
+    let info = |t: &T| crate::apply::load::<shoal_types::layout::BlobInfo>(&t.kv, Table::Blobs, &crate::kv::key::u64(blob.0)).unwrap();
+    let holders = info(&t).stores;
+    assert_eq!(holders.len(), 3);
+    let (bad, spare) = (holders[0], (1..=4).map(StoreId).find(|s| !holders.contains(s)).unwrap());
+    let report = |t: &mut T, store: StoreId, blob: BlobId| t.cmd(CommandKind::Request(t.req(MetaOp::ReportCorrupt { store, blobs: vec![blob] })));
+    let heartbeat = |t: &mut T, store: StoreId, repaired: Vec<BlobId>| match t
+        .cmd(CommandKind::Request(t.req(MetaOp::StoreHeartbeat(StoreHeartbeat {
+            store,
+            addr: format!("127.0.0.1:{}", 7000 + store.0),
+            capacity: 1 << 30,
+            used: 0,
+            deleted: vec![],
+            repaired,
+        }))))
+        .unwrap()
+    {
+        MetaReply::StoreOrders(o) => o,
+        other => panic!("{other:?}"),
+    };
+
+    assert_eq!(report(&mut t, bad, blob), Ok(MetaReply::Unrepairable(vec![])));
+    assert!(!info(&t).stores.contains(&bad), "reads and repairs avoid the corrupt copy");
+    let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+    assert_eq!((s.blobs_under_replicated, s.blobs_awaiting_gc, s.blobs_damaged), (1, 0, 0), "queued; the copy is not deleted yet");
+    // The server with the bad copy is not asked to repair (it would think it has the blob).
+    let o = heartbeat(&mut t, bad, vec![]);
+    assert!(o.repair.is_empty() && o.delete.is_empty(), "{o:?}");
+    let o = heartbeat(&mut t, spare, vec![]);
+    assert_eq!(o.repair.len(), 1);
+    assert!(o.repair[0].sources.iter().all(|s| s.store != bad));
+    // Once rebuilt, the corrupt copy is ordered deleted.
+    heartbeat(&mut t, spare, vec![blob]);
+    let o = heartbeat(&mut t, bad, vec![]);
+    assert_eq!(o.delete, vec![blob]);
+    let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+    assert_eq!((s.blobs_under_replicated, s.blobs_damaged), (0, 0));
+
+    // A blob with one copy: a corrupt copy is its last, and stays.
+    let d = t.must_mkdir(ROOT, "one");
+    t.op(MetaOp::SetPolicy { handle: d.handle, policy: Policy::Replicas { copies: 1, write_quorum: 1 } }).unwrap();
+    let g = t.must_create(d.handle, "g");
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: g.handle, count: 1, bytes: 100 }) else { panic!() };
+    let (single, only) = (intent.blobs[0], vec![intent.targets[0].store]);
+    t.op(MetaOp::Commit(Commit {
+        handle: g.handle,
+        base_version: None,
+        chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(single), blob_offset: 0, offset_in_chunk: 0, len: 100 }] }],
+        size: 100,
+        mtime: t.now,
+        blobs: vec![NewBlob { blob: single, len: 100, crc: 0, stores: only.clone() }],
+    }))
+    .unwrap();
+    assert_eq!(report(&mut t, only[0], single), Ok(MetaReply::Unrepairable(vec![single])));
+    let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+    assert_eq!((s.blobs_damaged, s.blobs_under_replicated), (1, 0));
+    let o = heartbeat(&mut t, only[0], vec![]);
+    assert!(!o.delete.contains(&single), "the last copy is never deleted while the file needs it");
+    // Deleting the file deletes it and the record.
+    t.op(MetaOp::Unlink { parent: d.handle, name: "g".into() }).unwrap();
+    let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+    assert_eq!(s.blobs_damaged, 0);
+}

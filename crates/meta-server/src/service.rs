@@ -24,6 +24,10 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 pub const WRITE_QUEUE_MAX: usize = 8192;
 /// How long a poll of the callback channel waits for a callback before answering empty.
 pub const WATCH_WAIT: Duration = Duration::from_secs(1);
+/// A leader that has not heard from a majority for this long refuses requests at once, saying
+/// why (it is on the minority side of a partition, or its peers are down), instead of letting
+/// them wait for a commit that cannot come.
+pub const QUORUM_LOST_AFTER: Duration = Duration::from_millis(1500);
 /// A promise horizon is renewed when it covers less than a lease plus this.
 pub const HORIZON_MARGIN: Duration = Duration::from_millis(500);
 
@@ -246,8 +250,24 @@ impl MetaService {
 
     async fn client(&self, peer: &PeerInfo, req: MetaRequest) -> MetaResponse {
         let role = peer.identity.as_ref().map(|i| i.role);
-        if matches!(req.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_)) && role != Some(Role::Store) {
+        if matches!(req.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_) | MetaOp::ReportCorrupt { .. }) && role != Some(Role::Store) {
             return Err(FsError::PermissionDenied);
+        }
+        // A storage server speaks only for itself: the id it names is the one its certificate
+        // was issued to (`store-N`).
+        let claimed = match &req.op {
+            MetaOp::RegisterStore { store, .. } | MetaOp::ReportCorrupt { store, .. } => Some(*store),
+            MetaOp::StoreHeartbeat(hb) => Some(hb.store),
+            _ => None,
+        };
+        if let (Some(store), Some(id)) = (claimed, peer.identity.as_ref()) {
+            if id.name != format!("store-{}", store.0) {
+                tracing::warn!(peer = %peer.addr, certificate = id.name, claimed = store.0, "refused a storage server speaking for another");
+                return Err(FsError::PermissionDenied);
+            }
+        }
+        if let Some(e) = self.without_quorum() {
+            return Err(e);
         }
         if let MetaOp::WatchCallbacks { acks, term } = &req.op {
             return self.watch(req.session, acks, *term).await;
@@ -296,6 +316,21 @@ impl MetaService {
         }
     }
 
+    /// The refusal a leader cut off from a majority gives (openraft's metrics say when a
+    /// majority last acknowledged it, refreshed at each of its heartbeat ticks).
+    fn without_quorum(&self) -> Option<FsError> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let since = m.millis_since_quorum_ack.filter(|_| m.current_leader == Some(m.id))?;
+        let voters = m.membership_config.membership().voter_ids().count();
+        (since > QUORUM_LOST_AFTER.as_millis() as u64).then(|| {
+            FsError::Unavailable(format!(
+                "no quorum: this metadata leader has not heard from a majority of its {voters} nodes for {:.1} s, so nothing can commit until they are back",
+                since as f64 / 1e3
+            ))
+        })
+    }
+
     fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.current_leader == Some(m.id)
@@ -309,9 +344,9 @@ impl Service for MetaService {
     async fn call(self: Arc<Self>, peer: Arc<PeerInfo>, req: MetaWireReq, payload: Bytes) -> (MetaWireResp, Bytes) {
         match req {
             MetaWireReq::Client(r) => {
-                // Without a ticket: only a storage server's registration and heartbeats (its
-                // certificate says what it is).
-                if !matches!(r.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_)) {
+                // Without a ticket: only a storage server's registration, heartbeats and
+                // corruption reports (its certificate says what it is).
+                if !matches!(r.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_) | MetaOp::ReportCorrupt { .. }) {
                     tracing::warn!(peer = %peer.addr, "refused a request without a ticket");
                     let e = FsError::Unauthenticated("this cluster needs a ticket: log in with `shoal login`".into());
                     return (MetaWireResp::Client(Err(e)), Bytes::new());

@@ -25,6 +25,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 /// Time allowed for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client waits to connect (TCP and TLS handshake), whatever its request timeout: a
+/// peer that takes longer is stopped or cut off, and the caller should try another.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -189,7 +192,7 @@ impl RpcClient {
                 return Ok(c.clone());
             }
         }
-        let conn = tokio::time::timeout(self.timeout, self.connect())
+        let conn = tokio::time::timeout(self.timeout.min(CONNECT_TIMEOUT), self.connect())
             .await
             .map_err(|_| NetError::Connect { addr: self.addr.clone(), reason: "timed out".into() })??;
         *slot = Some(conn.clone());

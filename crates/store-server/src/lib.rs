@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod scrub;
+
 /// Repairs carried out at once.
 pub const REPAIRS_IN_FLIGHT_MAX: usize = 4;
 
@@ -29,6 +31,7 @@ pub struct StoreService {
     term_seen: AtomicU64,
     /// Checks clients' capabilities (`None`: no key configured, so clients are refused).
     caps: Option<shoal_auth::CapVerifier>,
+    pub scrub: Arc<scrub::Scrubber>,
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> FsError {
@@ -83,8 +86,9 @@ impl StoreService {
                 let data = match data {
                     Ok(d) => d,
                     Err(e) => {
-                        if matches!(e, shoal_blob_store::BlobError::Corrupt { .. }) {
+                        if e.is_corrupt() {
                             tracing::error!("blob {blob} is corrupt on this server: {e}");
+                            self.scrub.found_corrupt(blob);
                         }
                         return Err(e.into());
                     }
@@ -102,7 +106,12 @@ impl StoreService {
                 Ok((StoreReply::Ok, Bytes::new()))
             }
             StoreRequest::Stat => Ok((
-                StoreReply::Stat { capacity: self.blobs.capacity_bytes(), used: self.blobs.used_bytes(), blobs: self.blobs.blob_count() },
+                StoreReply::Stat {
+                    capacity: self.blobs.capacity_bytes(),
+                    used: self.blobs.used_bytes(),
+                    blobs: self.blobs.blob_count(),
+                    scrub: self.scrub.status(),
+                },
                 Bytes::new(),
             )),
             StoreRequest::Verify { blob } => {
@@ -158,7 +167,8 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio
             None
         }
     };
-    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(0), caps });
+    let scrub = Arc::new(scrub::Scrubber::new(&cfg.data_dir));
+    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(0), caps, scrub });
     let server_tls = shoal_pki::server_config(&cfg.tls).context("load TLS files")?;
     let client_tls = shoal_pki::client_config(&cfg.tls).context("load TLS files")?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
@@ -169,6 +179,8 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio
         client_tls,
         Credentials::ROOT,
     )?);
+    let pace = scrub::Pace { bytes_per_s: cfg.scrub_mib_per_s << 20, every: Duration::from_secs(cfg.scrub_every_s) };
+    tokio::spawn(scrub::run(service.clone(), pace));
     tokio::spawn(heartbeat_loop(service.clone(), client, cfg));
     Ok((service, task))
 }
@@ -210,14 +222,19 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
                 if let Err(e) = service.check_term(orders.term) {
                     tracing::warn!("ignored orders from a deposed leader: {e}");
                 } else {
+                    service.scrub.requested(orders.scrub_epoch);
                     // Deletions.
                     let blobs = service.blobs.clone();
                     let del = deleted.clone();
+                    let scrub = service.scrub.clone();
                     let to_delete = orders.delete.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         for b in to_delete {
                             match blobs.delete(b) {
-                                Ok(_) => del.lock().expect("lock").push(b),
+                                Ok(_) => {
+                                    scrub.forget(b);
+                                    del.lock().expect("lock").push(b)
+                                }
                                 Err(e) => tracing::warn!("failed to delete blob {b}: {e}"),
                             }
                         }
@@ -252,7 +269,34 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
                 repaired.lock().expect("lock").extend(sent_repaired);
             }
         }
+        report_corrupt(&service, &client).await;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Tell the metadata service of the corrupt copies found since the last report.
+async fn report_corrupt(service: &StoreService, client: &Client) {
+    let found = service.scrub.take_found();
+    if found.is_empty() {
+        return;
+    }
+    match client.meta(MetaOp::ReportCorrupt { store: service.id, blobs: found.clone() }).await {
+        Ok(MetaReply::Unrepairable(lost)) => {
+            for b in &lost {
+                tracing::error!("blob {b}: the corrupt copy here is the last one; its damaged blocks are lost");
+            }
+            service.scrub.unrepairable(&lost);
+            service.scrub.sent(&found);
+            tracing::info!(reported = found.len(), unrepairable = lost.len(), "reported corrupt copies");
+        }
+        Ok(other) => {
+            tracing::warn!("unexpected reply to a corruption report: {other:?}");
+            service.scrub.unsent(found);
+        }
+        Err(e) => {
+            tracing::warn!("could not report corrupt copies: {e}");
+            service.scrub.unsent(found);
+        }
     }
 }
 

@@ -73,6 +73,12 @@ pub struct StoreConfig {
     /// The metadata service's public key for capabilities (64 hex digits).
     #[serde(default)]
     pub capability_key: Option<String>,
+    /// Background scrubbing: MiB/s read by a pass (0: none; `shoal scrub` still works).
+    #[serde(default = "defaults::scrub_mib_per_s")]
+    pub scrub_mib_per_s: u64,
+    /// Seconds from the end of one background scrub pass to the start of the next.
+    #[serde(default = "defaults::scrub_every_s")]
+    pub scrub_every_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +127,14 @@ pub mod defaults {
     pub fn clock_skew_s() -> u64 {
         120
     }
+    pub fn scrub_mib_per_s() -> u64 {
+        4
+    }
+
+    pub fn scrub_every_s() -> u64 {
+        24 * 3600
+    }
+
     pub fn store_heartbeat_ms() -> u64 {
         1_000
     }

@@ -92,6 +92,13 @@ pub enum MetaOp {
     RemoveUser { name: String },
     /// Names and ids of the registered users (no keys).
     ListUsers,
+    /// A storage server found its copies of `blobs` corrupt (by scrubbing, or serving a read):
+    /// each stops counting as a copy and is rebuilt from a good one, unless it is the last.
+    /// Answered with [`MetaReply::Unrepairable`].
+    ReportCorrupt { store: StoreId, blobs: Vec<BlobId> },
+    /// Ask every storage server to scrub all it holds now (the admin only); answered with
+    /// [`MetaReply::ScrubEpoch`], which each server reports once a pass begun after it is done.
+    RequestScrub,
 }
 
 /// A registered user, as stored by the metadata service.
@@ -191,6 +198,26 @@ pub struct StoreHeartbeat {
     pub repaired: Vec<BlobId>,
 }
 
+/// A storage server's scrubbing, as its `Stat` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubStatus {
+    /// The highest scrub request ([`MetaOp::RequestScrub`]) a finished pass covers.
+    pub epoch_done: u64,
+    pub passes_done: u64,
+    pub running: bool,
+    /// Progress of the running pass (or of the last one).
+    pub blobs_checked: u64,
+    pub blobs_total: u64,
+    pub bytes_checked: u64,
+    pub bytes_total: u64,
+    /// Corrupt copies found since the server started (scrubbing or serving reads).
+    pub corrupt_found: u64,
+    /// Of those, copies that were the last of their blob (kept, reported as lost).
+    pub unrepairable: u64,
+    /// Corrupt copies found and not yet reported to the metadata service.
+    pub unreported: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaReply {
     Ok,
@@ -216,6 +243,11 @@ pub enum MetaReply {
     Users(Vec<UserInfo>),
     /// A layout or an intent with the capability for its blobs (reading them, or putting them).
     Capable { cap: Capability, reply: Box<MetaReply> },
+    /// Answer to [`MetaOp::ReportCorrupt`]: the blobs whose reported copy was their last
+    /// healthy one (kept, since its other blocks still read; the data of the bad block is lost).
+    Unrepairable(Vec<BlobId>),
+    /// Answer to [`MetaOp::RequestScrub`].
+    ScrubEpoch(u64),
 }
 
 impl MetaReply {
@@ -349,6 +381,8 @@ pub struct StoreOrders {
     pub term: Term,
     pub delete: Vec<BlobId>,
     pub repair: Vec<RepairOrder>,
+    /// The latest scrub request: a server that has not scrubbed for it starts a pass now.
+    pub scrub_epoch: u64,
 }
 
 /// Make a copy of `blob` on the receiving server, fetching it from one of `sources`.
@@ -371,6 +405,10 @@ pub struct ClusterStatus {
     pub blobs: u64,
     pub blobs_under_replicated: u64,
     pub blobs_awaiting_gc: u64,
+    /// Blobs whose last copy was found corrupt (kept, not in the repair queue).
+    pub blobs_damaged: u64,
+    /// Queued repairs that no live server can serve: every copy is on a failed server.
+    pub blobs_stranded: u64,
     pub sessions: u64,
 }
 

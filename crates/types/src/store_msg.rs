@@ -44,7 +44,7 @@ pub enum StoreReply {
     Ok,
     /// The payload carries the bytes.
     Data { len: u64 },
-    Stat { capacity: u64, used: u64, blobs: u64 },
+    Stat { capacity: u64, used: u64, blobs: u64, scrub: crate::meta_msg::ScrubStatus },
 }
 
 pub type StoreResponse = Result<StoreReply, crate::FsError>;

@@ -8,4 +8,5 @@ mod format;
 mod mount;
 mod namespace;
 mod posix;
+mod scrub;
 mod security;
