@@ -15,8 +15,18 @@ fuzz_target!(|data: &[u8]| {
     let kdc = Kdc { keys: keys.clone(), life: Lifetimes { ticket_ns: 1 << 40, renew_ns: 1 << 41, skew_ns: 1 << 37 } };
     let mut replay = ReplayCache::new(now - (1 << 30), 1 << 37, 1024);
     let _ = kdc.verify(a, b, data, now, &mut replay);
-    let _ = kdc.service(a, b, now, &mut replay);
-    let _ = kdc.renew(a, b, now, &mut replay);
+    // With the record the server would look up for the TGT's principal, or none.
+    let rec = shoal_types::meta_msg::UserRec {
+        name: kdc.tgt_principal(a, now).unwrap_or_default(),
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+        salt: vec![0; 16],
+        kdf: KDF_DEFAULT,
+        key: [5; 32],
+    };
+    let _ = kdc.service(a, b, Some(&rec), now, &mut replay);
+    let _ = kdc.renew(a, b, None, now, &mut replay);
     let _ = kdc.login("alice", None, data, now, &mut replay);
     let verifier = CapVerifier::new(&keys.cap_public_key()).expect("public key");
     let cap = shoal_types::store_msg::Capability { body: a.to_vec(), sig: b.to_vec() };
