@@ -108,6 +108,10 @@ impl Scrubber {
         self.status.lock().expect("scrub status").unrepairable = lost.len() as u64;
     }
 
+    fn epoch_done(&self) -> u64 {
+        self.status.lock().expect("scrub status").epoch_done
+    }
+
     fn wanted(&self) -> u64 {
         self.wanted.load(Ordering::Acquire)
     }
@@ -122,7 +126,7 @@ pub async fn run(service: Arc<StoreService>, pace: Pace) {
         tokio::pin!(timer);
         // Until a request not covered yet, or the background timer (a wake-up left over from a
         // request the last pass already covered starts nothing).
-        while scrub.wanted() <= scrub.status().epoch_done {
+        while scrub.wanted() <= scrub.epoch_done() {
             tokio::select! {
                 _ = scrub.wake.notified() => {}
                 _ = &mut timer, if background => break,
@@ -177,7 +181,7 @@ async fn pass(service: &StoreService, scrub: &Scrubber, pace: Pace) {
             st.bytes_checked += bytes;
         }
         // A request not covered yet (this pass's, or one made meanwhile) goes at full speed.
-        let urgent = scrub.wanted() > scrub.status().epoch_done;
+        let urgent = scrub.wanted() > scrub.epoch_done();
         if !urgent && pace.bytes_per_s > 0 {
             let due = started + Duration::from_secs_f64(read as f64 / pace.bytes_per_s as f64);
             tokio::time::sleep_until(due).await;
