@@ -264,7 +264,11 @@ pub async fn failover(dir: &Path, kills: usize) -> Result<()> {
         let after = client.status().await?.leader;
         println!("round {:>2}: killed meta-{leader}; a mkdir committed {:.0} ms later (leader now {})", round + 1, took.as_secs_f64() * 1e3, after.map_or("?".into(), |l| format!("meta-{l}")));
         times.push(took.as_secs_f64());
-        // Back to three: restart it and wait until it has caught up.
+        // Back to three: restart it (once it is really gone) and wait until it has caught up.
+        let gone_by = Instant::now() + Duration::from_secs(20);
+        while crate::cluster::is_alive(pid) && Instant::now() < gone_by {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         crate::cluster::start_procs(&dir, &cluster, true)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

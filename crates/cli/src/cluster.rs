@@ -230,10 +230,17 @@ fn pid_path(dir: &Path, p: &Proc) -> PathBuf {
 
 pub fn running_pid(dir: &Path, p: &Proc) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_path(dir, p)).ok()?.trim().parse().ok()?;
-    // Signal 0 checks existence; a zombie or a reused pid of another program is possible but rare.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    (alive && cmdline.contains("shoal")).then_some(pid)
+    // The pid could have been reused by another program.
+    (is_alive(pid) && cmdline.contains("shoal")).then_some(pid)
+}
+
+/// Whether `pid` is a live process: not gone, and not a zombie (dead, waiting to be reaped).
+pub fn is_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold one).
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X' | 'x'))
 }
 
 /// Start every process not already running. `detach` puts them in their own session so they
@@ -275,11 +282,11 @@ pub fn stop_procs(dir: &Path, cluster: &ClusterFile, grace: Duration) -> Result<
     }
     let deadline = Instant::now() + grace;
     for (p, pid) in &pids {
-        while unsafe { libc::kill(*pid, 0) } == 0 && Instant::now() < deadline {
+        while is_alive(*pid) && Instant::now() < deadline {
             reap(*pid);
             std::thread::sleep(Duration::from_millis(50));
         }
-        if unsafe { libc::kill(*pid, 0) } == 0 {
+        if is_alive(*pid) {
             unsafe { libc::kill(*pid, libc::SIGKILL) };
             reap(*pid);
         }

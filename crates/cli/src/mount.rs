@@ -228,7 +228,7 @@ pub fn stop_all(dir: &Path) -> Result<()> {
         if let Ok(pid) = std::fs::read_to_string(e.path()).unwrap_or_default().trim().parse::<i32>() {
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
-            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            while crate::cluster::is_alive(pid) && Instant::now() < deadline {
                 let mut status = 0;
                 unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
                 std::thread::sleep(Duration::from_millis(50));

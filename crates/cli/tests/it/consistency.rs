@@ -167,7 +167,7 @@ fn a_mount_killed_mid_write_leaves_the_old_or_the_new_version() {
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = dd.wait();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_dead(pid);
     let got = c.must_shoal_bytes(&["cat", "/f"]);
     assert!(got == old || got == new, "a killed writer left a torn file ({} bytes)", got.len());
     // Remounting the dead mount point works.

@@ -83,8 +83,7 @@ impl TestCluster {
     pub fn kill9(&self, name: &str) {
         let pid = self.pid(name);
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        let mut status = 0;
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        wait_dead(pid);
     }
 
     /// Restart whatever is not running (`shoal up` starts only missing processes).
@@ -120,6 +119,23 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         let _ = Command::new(SHOAL).arg("--dir").arg(self.path()).arg("down").output();
     }
+}
+
+/// Wait until `pid` has exited. A signal is delivered asynchronously and a killed process takes
+/// a while to release its memory; until then `shoal up` would take it for a running one. (It is
+/// not our child, so `waitpid` cannot wait for it.)
+pub fn wait_dead(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()));
+        if matches!(state, None | Some('Z' | 'X' | 'x')) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("process {pid} still running 20 s after SIGKILL");
 }
 
 /// Deterministic pseudo-random bytes.

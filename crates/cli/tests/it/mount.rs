@@ -33,7 +33,7 @@ fn tools_work_on_the_mount_and_a_killed_mount_remounts() {
     let pid_file = std::fs::read_dir(c.path().join("pids")).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("mount-")).unwrap();
     let pid: i32 = std::fs::read_to_string(pid_file.path()).unwrap().trim().parse().unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_dead(pid);
     c.must_shoal(&["mount", mnt.to_str().unwrap()]);
     sh(&mnt, "cmp big ../big");
     c.must_shoal(&["umount", mnt.to_str().unwrap()]);
