@@ -361,7 +361,13 @@ pub async fn status(dir: &Path, json: bool) -> Result<()> {
         t.add_row(vec![
             format!("store-{}", st.id),
             st.addr.clone(),
-            if st.alive { "alive".into() } else { "FAILED".into() },
+            if st.alive {
+                "alive".into()
+            } else if st.checking {
+                "CHECKING (fenced)".into()
+            } else {
+                "FAILED".into()
+            },
             st.capacity.to_string(),
             st.used.to_string(),
             st.blobs.to_string(),
@@ -387,7 +393,7 @@ fn status_json(s: &shoal_types::meta_msg::ClusterStatus) -> serde_json::Value {
         "term": s.term,
         "last_applied": s.last_applied,
         "members": s.members.iter().map(|m| serde_json::json!({"id": m.id.0, "addr": m.addr, "voter": m.voter, "matched": m.matched})).collect::<Vec<_>>(),
-        "stores": s.stores.iter().map(|st| serde_json::json!({"id": st.id.0, "addr": st.addr, "alive": st.alive, "capacity": st.capacity, "used": st.used, "blobs": st.blobs})).collect::<Vec<_>>(),
+        "stores": s.stores.iter().map(|st| serde_json::json!({"id": st.id.0, "addr": st.addr, "alive": st.alive, "checking": st.checking, "capacity": st.capacity, "used": st.used, "blobs": st.blobs})).collect::<Vec<_>>(),
         "files": s.files,
         "blobs": s.blobs,
         "blobs_under_replicated": s.blobs_under_replicated,

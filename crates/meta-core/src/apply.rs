@@ -152,6 +152,7 @@ impl<K: Kv> Sm<'_, K> {
             }
             MetaOp::StoreHeartbeat(hb) => return self.store_heartbeat(hb),
             MetaOp::ReportCorrupt { store, blobs } => return self.report_corrupt(*store, blobs),
+            MetaOp::StoreInventory { store, from, blobs, done } => return self.store_inventory(*store, *from, blobs, *done),
             op if op.is_read() => return crate::read::read_op(self.kv, &req.cred, op, self.now),
             _ => {}
         }
@@ -736,11 +737,12 @@ impl<K: Kv> Sm<'_, K> {
         for s in &stores {
             self.kv.put(Table::StoreBlobs, &key::u64_u64(s.0, nb.blob.0), &[]);
         }
-        if stores.len() < intent.policy.copies() {
-            store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
-        }
         self.counters.blob_bytes += nb.len;
         let info = BlobInfo { len: nb.len, policy: intent.policy, stores, refs, crc: nb.crc };
+        // A copy put on a server that failed or was fenced meanwhile does not count yet.
+        if self.healthy_copies(nb.blob, &info) < intent.policy.copies() {
+            store(self.kv, Table::Repair, &ikey, &RepairRec { assigned: None });
+        }
         store(self.kv, Table::Blobs, &ikey, &info);
     }
 
@@ -1066,12 +1068,94 @@ impl<K: Kv> Sm<'_, K> {
 
     // ---- storage servers ----
 
+    /// A new server is alive at once. A known one (restarted, or back after a failure) is
+    /// fenced out until its list of blobs is checked ([`Sm::store_inventory`]): its disk may
+    /// have lost copies, or kept ones deleted meanwhile.
     fn register_store(&mut self, id: StoreId, addr: &str, capacity: u64, used: u64) -> MetaResponse {
         let skey = key::u64(id.0);
-        let blobs = load::<StoreRec>(self.kv, Table::Stores, &skey).map_or(0, |r| r.blobs);
-        let rec = StoreRec { addr: addr.to_string(), capacity, used, last_heartbeat: self.now, alive: true, blobs };
+        let prev = load::<StoreRec>(self.kv, Table::Stores, &skey);
+        let returning = prev.is_some();
+        if returning {
+            self.fence_returning(id);
+        }
+        let blobs = prev.map_or(0, |r| r.blobs);
+        let rec = StoreRec { addr: addr.to_string(), capacity, used, last_heartbeat: self.now, alive: !returning, blobs };
         store(self.kv, Table::Stores, &skey, &rec);
         Ok(MetaReply::Ok)
+    }
+
+    /// Start (over) the check of `id`'s blobs; it holds no copy that counts until it ends.
+    fn fence_returning(&mut self, id: StoreId) {
+        store(self.kv, Table::Returning, &key::u64(id.0), &ReturningRec::default());
+    }
+
+    /// One part of a returning server's list of blobs: ids `from..=last listed` (to the end when
+    /// `done`). A copy the metadata records there but the server lacks stops counting (the blob
+    /// is queued for repair); a blob it holds that nothing records there, and that no writer,
+    /// deletion or corrupt-copy record accounts for, is ordered deleted. After the last part the
+    /// server is alive again.
+    fn store_inventory(&mut self, id: StoreId, from: u64, blobs: &[BlobId], done: bool) -> MetaResponse {
+        let rkey = key::u64(id.0);
+        let Some(mut ret) = load::<ReturningRec>(self.kv, Table::Returning, &rkey) else {
+            return Ok(MetaReply::Ok); // Already checked (a part sent twice).
+        };
+        if from != ret.next {
+            return Err(FsError::Invalid(format!("inventory of store {} out of step: part from {from}, expected from {}", id.0, ret.next)));
+        }
+        if blobs.first().is_some_and(|b| b.0 < from) || blobs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(FsError::Invalid("inventory part not in increasing id order from its start".into()));
+        }
+        let last = match (done, blobs.last()) {
+            (true, _) => u64::MAX,
+            (false, Some(b)) => b.0,
+            (false, None) => return Err(FsError::Invalid("an empty inventory part that is not the last".into())),
+        };
+        let recorded: Vec<u64> = self
+            .kv
+            .scan(Table::StoreBlobs, &key::u64_u64(id.0, from), &range_end(id.0, last), usize::MAX)
+            .into_iter()
+            .map(|(k, _)| key::read_u64(&k, 8))
+            .collect();
+        let held: std::collections::BTreeSet<u64> = blobs.iter().map(|b| b.0).collect();
+        for &b in recorded.iter().filter(|b| !held.contains(b)) {
+            self.lose_copy(id, BlobId(b));
+        }
+        let recorded: std::collections::BTreeSet<u64> = recorded.into_iter().collect();
+        for &b in held.iter().filter(|b| !recorded.contains(b)) {
+            let accounted = self.kv.get(Table::GcOrders, &key::u64_u64(id.0, b)).is_some()
+                || self.kv.get(Table::Intents, &key::u64(b)).is_some()
+                || self.kv.get(Table::Damaged, &key::u64_u64(b, id.0)).is_some();
+            if !accounted {
+                self.kv.put(Table::GcOrders, &key::u64_u64(id.0, b), &[]);
+            }
+        }
+        if !done {
+            ret.next = last + 1;
+            store(self.kv, Table::Returning, &rkey, &ret);
+            return Ok(MetaReply::Ok);
+        }
+        self.kv.delete(Table::Returning, &rkey);
+        if let Some(mut rec) = load::<StoreRec>(self.kv, Table::Stores, &rkey) {
+            rec.alive = true;
+            rec.last_heartbeat = self.now;
+            rec.blobs = self.kv.scan(Table::StoreBlobs, &rkey, &key::prefix_end(id.0), usize::MAX).len() as u64;
+            store(self.kv, Table::Stores, &rkey, &rec);
+        }
+        Ok(MetaReply::Ok)
+    }
+
+    /// `id` no longer holds `blob`: forget the copy, and queue a repair if the blob needs one.
+    fn lose_copy(&mut self, id: StoreId, blob: BlobId) {
+        self.kv.delete(Table::StoreBlobs, &key::u64_u64(id.0, blob.0));
+        self.kv.delete(Table::GcOrders, &key::u64_u64(id.0, blob.0));
+        self.kv.delete(Table::Damaged, &key::u64_u64(blob.0, id.0));
+        let bkey = key::u64(blob.0);
+        let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) else { return };
+        info.stores.retain(|&s| s != id);
+        store(self.kv, Table::Blobs, &bkey, &info);
+        if self.healthy_copies(blob, &info) < info.policy.copies() && self.kv.get(Table::Repair, &bkey).is_none() {
+            store(self.kv, Table::Repair, &bkey, &RepairRec { assigned: None });
+        }
     }
 
     fn store_heartbeat(&mut self, hb: &StoreHeartbeat) -> MetaResponse {
@@ -1099,10 +1183,22 @@ impl<K: Kv> Sm<'_, K> {
                 self.kv.put(Table::GcOrders, &key::u64_u64(hb.store.0, b.0), &[]);
             }
         }
+        // Back after being declared failed (it was cut off or paused, not restarted): checked
+        // before it counts again, like a restarted one.
+        if prev.as_ref().is_some_and(|p| !p.alive) && self.kv.get(Table::Returning, &skey).is_none() {
+            self.fence_returning(hb.store);
+        }
+        let returning = load::<ReturningRec>(self.kv, Table::Returning, &skey);
         let n_blobs = self.kv.scan(Table::StoreBlobs, &skey, &key::prefix_end(hb.store.0), usize::MAX).len() as u64;
-        let rec = StoreRec { addr: hb.addr.clone(), capacity: hb.capacity, used: hb.used, last_heartbeat: self.now, alive: true, blobs: n_blobs };
+        let rec = StoreRec {
+            addr: hb.addr.clone(),
+            capacity: hb.capacity,
+            used: hb.used,
+            last_heartbeat: self.now,
+            alive: returning.is_none(),
+            blobs: n_blobs,
+        };
         store(self.kv, Table::Stores, &skey, &rec);
-        let _ = prev;
 
         // Orders: deletions, then repairs this server can take.
         let delete: Vec<BlobId> = self
@@ -1114,7 +1210,9 @@ impl<K: Kv> Sm<'_, K> {
         let mut repair = Vec::new();
         let free = hb.capacity.saturating_sub(hb.used);
         let mut budget = free;
-        for (k, v) in self.kv.scan(Table::Repair, &[], &[0xff; 9], usize::MAX) {
+        // A fenced server gets no copies until it is checked.
+        let repairs = if returning.is_some() { Vec::new() } else { self.kv.scan(Table::Repair, &[], &[0xff; 9], usize::MAX) };
+        for (k, v) in repairs {
             if repair.len() >= crate::ORDERS_PER_HEARTBEAT_MAX {
                 break;
             }
@@ -1158,7 +1256,8 @@ impl<K: Kv> Sm<'_, K> {
             repair.push(RepairOrder { blob: BlobId(key::read_u64(&k, 0)), len: info.len, crc: info.crc, sources });
         }
         let scrub_epoch = load::<u64>(self.kv, Table::Meta, SCRUB_EPOCH_KEY).unwrap_or(0);
-        Ok(MetaReply::StoreOrders(StoreOrders { term: Term(0), delete, repair, scrub_epoch }))
+        let inventory_from = returning.map(|r| r.next);
+        Ok(MetaReply::StoreOrders(StoreOrders { term: Term(0), delete, repair, scrub_epoch, inventory_from }))
     }
 
     /// `store` found its copies of `blobs` corrupt; each gets a `Damaged` row. A copy with
@@ -1235,4 +1334,12 @@ fn check_user_name(name: &str) -> Result<(), FsError> {
         return Err(FsError::Invalid("\"admin\" is the built-in administrator".into()));
     }
     Ok(())
+}
+
+/// End (exclusive) of the keys `(a, 0..=last)`.
+fn range_end(a: u64, last: u64) -> Vec<u8> {
+    match last.checked_add(1) {
+        Some(next) => key::u64_u64(a, next),
+        None => key::prefix_end(a),
+    }
 }

@@ -52,9 +52,12 @@ pub enum Table {
     /// listed (its other blocks still read), the blob leaves the repair queue, and `status`
     /// counts it as unrepairable.
     Damaged,
+    /// store -> `ReturningRec`: a server back after a failure or a restart whose list of blobs
+    /// is being checked; fenced out (not alive) until the check ends.
+    Returning,
 }
 
-pub const TABLES: [Table; 20] = [
+pub const TABLES: [Table; 21] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -75,6 +78,7 @@ pub const TABLES: [Table; 20] = [
     Table::HeldBlobs,
     Table::Users,
     Table::Damaged,
+    Table::Returning,
 ];
 
 impl Table {
@@ -100,6 +104,7 @@ impl Table {
             Table::HeldBlobs => "held_blobs",
             Table::Users => "users",
             Table::Damaged => "damaged",
+            Table::Returning => "returning",
         }
     }
 }

@@ -83,6 +83,10 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
                 let mut stores = Vec::new();
                 let mut dead = Vec::new();
                 for s in &info.stores {
+                    // A returning server is not read from until its blobs are checked.
+                    if kv.get(Table::Returning, &key::u64(s.0)).is_some() {
+                        continue;
+                    }
                     if let Some(r) = load::<StoreRec>(kv, Table::Stores, &key::u64(s.0)) {
                         // Live servers first; failed ones last, as a last resort.
                         if r.alive { stores.push(StoreAddr { store: *s, addr: r.addr }) } else { dead.push(StoreAddr { store: *s, addr: r.addr }) }
@@ -199,7 +203,8 @@ pub fn status(kv: &impl KvRead) -> ClusterStatus {
             .into_iter()
             .map(|(id, r)| {
                 let blobs = kv.scan(Table::StoreBlobs, &key::u64(id.0), &key::prefix_end(id.0), usize::MAX).len() as u64;
-                StoreStatus { id, addr: r.addr, capacity: r.capacity, used: r.used, last_heartbeat: r.last_heartbeat, alive: r.alive, blobs }
+                let checking = kv.get(Table::Returning, &key::u64(id.0)).is_some();
+                StoreStatus { id, addr: r.addr, capacity: r.capacity, used: r.used, last_heartbeat: r.last_heartbeat, alive: r.alive, blobs, checking }
             })
             .collect(),
         files: counters.files,

@@ -76,6 +76,12 @@ pub struct StoreRec {
     pub blobs: u64,
 }
 
+/// How far the check of a returning server's blobs has come: ids below `next` are checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturningRec {
+    pub next: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepairRec {
     /// Server last told to make a copy, and when; reassigned after `REPAIR_REASSIGN_NS`.

@@ -473,3 +473,73 @@ fn a_corrupt_copy_is_replaced_before_it_is_deleted_and_a_corrupt_last_copy_is_ke
     let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
     assert_eq!(s.blobs_damaged, 0);
 }
+
+#[test]
+fn a_returning_storage_server_is_fenced_until_its_blobs_are_checked() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let f = t.must_create(ROOT, "f");
+    let kept = t.must_write(f.handle, 100);
+    let g = t.must_create(ROOT, "g");
+    let lost = t.must_write(g.handle, 100);
+    let holders = |t: &T, b: BlobId| crate::apply::load::<shoal_types::layout::BlobInfo>(&t.kv, Table::Blobs, &crate::kv::key::u64(b.0)).unwrap().stores;
+    // A server holding both comes back (a restart registers again).
+    let back = *holders(&t, kept).iter().find(|s| holders(&t, lost).contains(s)).unwrap();
+    // A writer is putting a blob it was placed on before it went away.
+    let Ok(MetaReply::Intent(in_flight)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+    t.cmd(CommandKind::Request(t.req(MetaOp::RegisterStore { store: back, addr: "127.0.0.1:7999".into(), capacity: 1 << 30, used: 0 }))).unwrap();
+    let stores_status = |t: &T| {
+        let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+        s.stores.into_iter().find(|s| s.id == back).unwrap()
+    };
+    let st = stores_status(&t);
+    assert!(!st.alive && st.checking, "{st:?}");
+    // Fenced: not a place to read from, write to, or repair onto.
+    let MetaReply::Layout(layout) = t.read(MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).unwrap() else { panic!() };
+    assert!(layout.blobs[0].stores.iter().all(|s| s.store != back), "{layout:?}");
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+    assert!(intent.targets.iter().all(|s| s.store != back));
+    let hb = StoreHeartbeat { store: back, addr: "127.0.0.1:7999".into(), capacity: 1 << 30, used: 0, deleted: vec![], repaired: vec![] };
+    let heartbeat = |t: &mut T| match t.cmd(CommandKind::Request(t.req(MetaOp::StoreHeartbeat(hb.clone())))).unwrap() {
+        MetaReply::StoreOrders(o) => o,
+        other => panic!("{other:?}"),
+    };
+    let o = heartbeat(&mut t);
+    assert_eq!(o.inventory_from, Some(0));
+    assert!(o.repair.is_empty());
+    assert!(!stores_status(&t).alive, "a heartbeat alone does not end the check");
+
+    // Its disk lost `lost`, kept `kept`, holds the in-flight blob and a stray one nothing knows.
+    let stray = BlobId(in_flight.blobs[0].0 + 1000);
+    let inventory = |t: &mut T, from: u64, blobs: Vec<BlobId>, done: bool| {
+        t.cmd(CommandKind::Request(t.req(MetaOp::StoreInventory { store: back, from, blobs, done })))
+    };
+    let mut held = vec![kept, in_flight.blobs[0], stray];
+    held.sort();
+    assert!(matches!(inventory(&mut t, 5, held.clone(), true), Err(FsError::Invalid(_))), "out of step");
+    assert!(matches!(inventory(&mut t, 0, vec![held[1], held[0]], false), Err(FsError::Invalid(_))), "out of order");
+    inventory(&mut t, 0, held[..1].to_vec(), false).unwrap();
+    assert!(stores_status(&t).checking);
+    assert_eq!(heartbeat(&mut t).inventory_from, Some(held[0].0 + 1), "the next part starts after the last one listed");
+    inventory(&mut t, held[0].0 + 1, held[1..].to_vec(), true).unwrap();
+
+    let st = stores_status(&t);
+    assert!(st.alive && !st.checking, "{st:?}");
+    assert!(holders(&t, kept).contains(&back), "a copy it still has counts again");
+    assert!(!holders(&t, lost).contains(&back), "a copy it lost is forgotten");
+    let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+    assert_eq!(s.blobs_under_replicated, 1, "and rebuilt elsewhere");
+    let o = heartbeat(&mut t);
+    assert_eq!(o.delete, vec![stray], "the stray blob is deleted, the in-flight one left to its writer");
+    assert_eq!(o.inventory_from, None);
+
+    // A server declared failed (silent, not restarted) that heartbeats again is checked too.
+    let other = (1..=4).map(StoreId).find(|s| *s != back).unwrap();
+    t.now += Params::default().store_dead_after_ns + 1;
+    t.cmd(CommandKind::Tick).unwrap();
+    let hb2 = StoreHeartbeat { store: other, ..hb.clone() };
+    let MetaReply::StoreOrders(o) = t.cmd(CommandKind::Request(t.req(MetaOp::StoreHeartbeat(hb2)))).unwrap() else { panic!() };
+    assert_eq!(o.inventory_from, Some(0));
+    let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+    assert!(s.stores.iter().any(|st| st.id == other && st.checking && !st.alive));
+}

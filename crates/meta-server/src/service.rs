@@ -250,16 +250,12 @@ impl MetaService {
 
     async fn client(&self, peer: &PeerInfo, req: MetaRequest) -> MetaResponse {
         let role = peer.identity.as_ref().map(|i| i.role);
-        if matches!(req.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_) | MetaOp::ReportCorrupt { .. }) && role != Some(Role::Store) {
+        let claimed = req.op.from_store();
+        if claimed.is_some() && role != Some(Role::Store) {
             return Err(FsError::PermissionDenied);
         }
         // A storage server speaks only for itself: the id it names is the one its certificate
         // was issued to (`store-N`).
-        let claimed = match &req.op {
-            MetaOp::RegisterStore { store, .. } | MetaOp::ReportCorrupt { store, .. } => Some(*store),
-            MetaOp::StoreHeartbeat(hb) => Some(hb.store),
-            _ => None,
-        };
         if let (Some(store), Some(id)) = (claimed, peer.identity.as_ref()) {
             if id.name != format!("store-{}", store.0) {
                 tracing::warn!(peer = %peer.addr, certificate = id.name, claimed = store.0, "refused a storage server speaking for another");
@@ -346,7 +342,7 @@ impl Service for MetaService {
             MetaWireReq::Client(r) => {
                 // Without a ticket: only a storage server's registration, heartbeats and
                 // corruption reports (its certificate says what it is).
-                if !matches!(r.op, MetaOp::RegisterStore { .. } | MetaOp::StoreHeartbeat(_) | MetaOp::ReportCorrupt { .. }) {
+                if r.op.from_store().is_none() {
                     tracing::warn!(peer = %peer.addr, "refused a request without a ticket");
                     let e = FsError::Unauthenticated("this cluster needs a ticket: log in with `shoal login`".into());
                     return (MetaWireResp::Client(Err(e)), Bytes::new());

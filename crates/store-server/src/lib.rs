@@ -21,14 +21,20 @@ use std::time::Duration;
 
 pub mod scrub;
 
+/// The highest leader term seen, in the data directory.
+pub const TERM_FILE: &str = "leader-term";
+
 /// Repairs carried out at once.
 pub const REPAIRS_IN_FLIGHT_MAX: usize = 4;
 
 pub struct StoreService {
     pub id: StoreId,
     blobs: Arc<BlobStore<RealDisk>>,
-    /// Highest leader term seen on an order (fencing of deposed leaders).
+    /// Highest leader term seen on an order (fencing of deposed leaders), kept in `term_file`
+    /// so a restart does not forget it.
     term_seen: AtomicU64,
+    term_file: std::path::PathBuf,
+    term_writing: Mutex<()>,
     /// Checks clients' capabilities (`None`: no key configured, so clients are refused).
     caps: Option<shoal_auth::CapVerifier>,
     pub scrub: Arc<scrub::Scrubber>,
@@ -128,6 +134,15 @@ impl StoreService {
         if term.0 < seen {
             return Err(FsError::Fenced { got: term.0, seen });
         }
+        if term.0 > seen {
+            // Once per leader change: small enough to write in line. One writer at a time, and
+            // it writes the highest term seen by then.
+            let _one = self.term_writing.lock().expect("term lock");
+            let highest = self.term_seen.load(Ordering::Acquire);
+            if let Err(e) = shoal_pki::write_atomic(&self.term_file, highest.to_string().as_bytes(), 0o644) {
+                tracing::warn!("could not record leader term {highest}: {e}");
+            }
+        }
         Ok(())
     }
 }
@@ -168,7 +183,13 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio
         }
     };
     let scrub = Arc::new(scrub::Scrubber::new(&cfg.data_dir));
-    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(0), caps, scrub });
+    let term_file = cfg.data_dir.join(TERM_FILE);
+    let term_seen = match std::fs::read_to_string(&term_file) {
+        Ok(t) => t.trim().parse::<u64>().with_context(|| format!("{} is not a term", term_file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("read {}", term_file.display())),
+    };
+    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(term_seen), term_file, term_writing: Mutex::new(()), caps, scrub });
     let server_tls = shoal_pki::server_config(&cfg.tls).context("load TLS files")?;
     let client_tls = shoal_pki::client_config(&cfg.tls).context("load TLS files")?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
@@ -240,6 +261,9 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
                         }
                     })
                     .await;
+                    if let Some(from) = orders.inventory_from {
+                        send_inventory(&service, &client, from).await;
+                    }
                     // Repairs, in the background, bounded.
                     for order in orders.repair {
                         if !in_repair.lock().expect("lock").insert(order.blob) {
@@ -271,6 +295,32 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
         }
         report_corrupt(&service, &client).await;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Blob ids per inventory part (8 bytes each on the wire and in the metadata log).
+pub const INVENTORY_PART_MAX: usize = 32 * 1024;
+
+/// List the blobs held here, from id `from` on, for the check that ends this server's fencing
+/// (after a restart or a failure). On an error the next heartbeat asks again where it stopped.
+async fn send_inventory(service: &StoreService, client: &Client, from: u64) {
+    let held: Vec<BlobId> = service.blobs.list().into_iter().filter(|b| b.0 >= from).collect();
+    let mut parts = held.chunks(INVENTORY_PART_MAX).peekable();
+    let mut next = from;
+    tracing::info!(from, blobs = held.len(), "sending the list of blobs held here for checking");
+    loop {
+        let part = parts.next().unwrap_or(&[]);
+        let done = parts.peek().is_none();
+        let op = MetaOp::StoreInventory { store: service.id, from: next, blobs: part.to_vec(), done };
+        if let Err(e) = client.meta(op).await {
+            tracing::warn!("could not send the list of blobs held here: {e}");
+            return;
+        }
+        if done {
+            tracing::info!("the list of blobs held here is sent");
+            return;
+        }
+        next = part.last().map_or(next, |b| b.0 + 1);
     }
 }
 

@@ -99,6 +99,12 @@ pub enum MetaOp {
     /// Ask every storage server to scrub all it holds now (the admin only); answered with
     /// [`MetaReply::ScrubEpoch`], which each server reports once a pass begun after it is done.
     RequestScrub,
+    /// Part of a returning storage server's list of the blobs it holds, asked for by
+    /// [`StoreOrders::inventory_from`]: `blobs` are every blob it holds from id `from` up to
+    /// the last one listed (to the end when `done`), in id order. Until the whole list is
+    /// checked against where the metadata says copies are, the server is fenced out: no reads
+    /// are sent to it, no writes or repairs placed on it.
+    StoreInventory { store: StoreId, from: u64, blobs: Vec<BlobId>, done: bool },
 }
 
 /// A registered user, as stored by the metadata service.
@@ -138,6 +144,16 @@ pub const XATTRS_PER_INODE_MAX: usize = 1024;
 
 impl MetaOp {
     /// Reads are served without a log entry.
+    /// The storage server a request speaks for, if it is one only storage servers send (without
+    /// a ticket: their certificate says who they are).
+    pub fn from_store(&self) -> Option<StoreId> {
+        match self {
+            MetaOp::RegisterStore { store, .. } | MetaOp::ReportCorrupt { store, .. } | MetaOp::StoreInventory { store, .. } => Some(*store),
+            MetaOp::StoreHeartbeat(hb) => Some(hb.store),
+            _ => None,
+        }
+    }
+
     pub fn is_read(&self) -> bool {
         matches!(
             self,
@@ -383,6 +399,9 @@ pub struct StoreOrders {
     pub repair: Vec<RepairOrder>,
     /// The latest scrub request: a server that has not scrubbed for it starts a pass now.
     pub scrub_epoch: u64,
+    /// The server is back after a failure or a restart: send [`MetaOp::StoreInventory`] from
+    /// this blob id on. It is fenced out until the list is checked.
+    pub inventory_from: Option<u64>,
 }
 
 /// Make a copy of `blob` on the receiving server, fetching it from one of `sources`.
@@ -430,6 +449,8 @@ pub struct StoreStatus {
     pub last_heartbeat: TimeNs,
     pub alive: bool,
     pub blobs: u64,
+    /// Back after a failure or restart, its list of blobs not yet checked: fenced out meanwhile.
+    pub checking: bool,
 }
 
 /// What travels on a metadata server's port: client requests, and Raft messages between metadata

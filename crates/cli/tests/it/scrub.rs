@@ -1,6 +1,7 @@
 //! Scrubbing and repair of corrupt copies, through the real binaries: bytes flipped in a blob
 //! file on a storage server's disk are found (by `shoal scrub`, by the background scrubber, or
-//! by a read) and the copy is rebuilt from a good one.
+//! by a read) and the copy is rebuilt from a good one; a returning server is checked before its
+//! copies count again.
 
 use crate::harness::*;
 use shoal_client::Client;
@@ -190,4 +191,49 @@ async fn a_corrupt_last_copy_is_kept_and_reported_as_damaged() {
     // Deleting the file clears the record.
     client.unlink(dir.handle, "one").await.unwrap();
     wait_status(&client, "the damaged record goes with its blob", |s| s.blobs_damaged == 0).await;
+}
+
+/// A storage server that comes back (here: restarted after being declared failed) is fenced out
+/// until the metadata service has checked its list of blobs: a copy its disk lost meanwhile is
+/// forgotten rather than served, and a blob it holds that nothing records is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_storage_server_is_checked_before_it_counts_again() {
+    let c = TestCluster::start();
+    let data = put_file(&c, "/a", 21, 1_000_000);
+    let client = c.client().await;
+    let loc = first_blob(&client, "/a").await;
+    let back = loc.stores[0].store;
+    let copy = blob_file(&c, back, loc.blob);
+    // The leader term it has seen (from its first heartbeat's orders) is on disk.
+    let term_file = c.path().join(format!("store-{}", back.0)).join("leader-term");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !term_file.exists() {
+        assert!(Instant::now() < deadline, "no {}", term_file.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(std::fs::read_to_string(&term_file).unwrap().trim().parse::<u64>().unwrap() >= 1);
+
+    c.kill9(&format!("store-{}", back.0));
+    wait_status(&client, "declared failed, /a re-protected", |s| {
+        s.stores.iter().any(|st| st.id == back && !st.alive) && s.blobs_under_replicated == 0
+    })
+    .await;
+    // While it is down its disk loses the copy of /a and gains a blob nobody wrote.
+    // (Same fan-out directory: 256 of them, by id.)
+    let stray = copy.with_file_name(format!("{:016x}", loc.blob.0 + 256 * 4096));
+    std::fs::rename(&copy, &stray).unwrap();
+    c.up();
+    let s = wait_status(&client, "back and checked", |s| s.stores.iter().all(|st| st.alive && !st.checking)).await;
+    assert!(s.stores.iter().all(|st| st.alive));
+
+    let now = first_blob(&client, "/a").await;
+    assert!(now.stores.iter().all(|s| s.store != back), "the lost copy is forgotten: {now:?}");
+    assert_eq!(now.stores.len(), 3);
+    all_copies_read(&client, &now).await;
+    assert_eq!(client.read_range(client.resolve("/a").await.unwrap().handle, 0, data.len() as u64).await.unwrap(), data);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stray.exists() {
+        assert!(Instant::now() < deadline, "the stray blob {} was not deleted", stray.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
