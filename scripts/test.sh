@@ -8,6 +8,10 @@ missing=""
 command -v fusermount3 >/dev/null 2>&1 || missing="$missing fuse3"
 command -v git >/dev/null 2>&1 || missing="$missing git"
 command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+# The network fault script: namespaces, nftables rules, JSON from `shoal status`.
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 if [ -n "$missing" ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq </dev/null && $sudo apt-get install -y -qq $missing </dev/null
@@ -24,5 +28,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo build --release --bins </dev/null
 cargo nextest run --release --workspace --no-fail-fast </dev/null
+# Faults against a cluster spread over network namespaces (needs root): partitions, packet loss,
+# kill -9, SIGSTOP, a full disk, flipped bytes; prints a table and fails if a write was lost.
+if [ "$(id -u)" = 0 ] && ip netns add shoal-probe-$$ 2>/dev/null; then
+  ip netns del shoal-probe-$$
+  ./tests/netns/faults.sh target/release/shoal </dev/null
+else
+  echo "skipping tests/netns/faults.sh: it needs root and network namespaces"
+fi
 # Every decoder of network and disk bytes under cargo fuzz, 20 s per target (nightly toolchain).
 ./scripts/fuzz.sh 20

@@ -58,6 +58,10 @@ pub struct InitOptions {
     pub ticket_renew_s: u64,
     pub scrub_mib_per_s: u64,
     pub scrub_every_s: u64,
+    /// Listening addresses (host:port) of the metadata nodes and storage servers; empty: free
+    /// ports on 127.0.0.1.
+    pub meta_addrs: Vec<String>,
+    pub store_addrs: Vec<String>,
 }
 
 impl Default for InitOptions {
@@ -72,6 +76,8 @@ impl Default for InitOptions {
             ticket_renew_s: defaults::ticket_renew_s(),
             scrub_mib_per_s: defaults::scrub_mib_per_s(),
             scrub_every_s: defaults::scrub_every_s(),
+            meta_addrs: Vec::new(),
+            store_addrs: Vec::new(),
         }
     }
 }
@@ -139,12 +145,19 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
     let ca = Ca::generate(&name)?;
     shoal_pki::write_ca(&tls_dir, &ca)?;
     crate::certs::publish_crl(&dir)?;
-    let ports = free_ports(opts.metas + opts.stores)?;
-    let metas: Vec<MetaPeer> =
-        (0..opts.metas).map(|i| MetaPeer { id: MetaNodeId(i as u64 + 1), addr: format!("127.0.0.1:{}", ports[i]) }).collect();
-    let stores: Vec<StoreEntry> = (0..opts.stores)
-        .map(|i| StoreEntry { id: StoreId(i as u64 + 1), addr: format!("127.0.0.1:{}", ports[opts.metas + i]) })
-        .collect();
+    let addrs = |given: &[String], n: usize| -> Result<Vec<String>> {
+        if given.is_empty() {
+            return Ok(free_ports(n)?.into_iter().map(|p| format!("127.0.0.1:{p}")).collect());
+        }
+        for a in given {
+            a.parse::<std::net::SocketAddr>().with_context(|| format!("{a:?} is not an address (host:port, host as an IP)"))?;
+        }
+        Ok(given.to_vec())
+    };
+    let meta_addrs = addrs(&opts.meta_addrs, opts.metas)?;
+    let store_addrs = addrs(&opts.store_addrs, opts.stores)?;
+    let metas: Vec<MetaPeer> = meta_addrs.into_iter().enumerate().map(|(i, addr)| MetaPeer { id: MetaNodeId(i as u64 + 1), addr }).collect();
+    let stores: Vec<StoreEntry> = store_addrs.into_iter().enumerate().map(|(i, addr)| StoreEntry { id: StoreId(i as u64 + 1), addr }).collect();
     for m in &metas {
         let node = format!("meta-{}", m.id);
         let tls = shoal_pki::write_files(&tls_dir, &node, &ca.issue(Role::Meta, &node, &[])?)?;

@@ -59,6 +59,13 @@ enum Cmd {
         /// Seconds between background scrub passes.
         #[arg(long, default_value_t = shoal_types::config::defaults::scrub_every_s())]
         scrub_every_s: u64,
+        /// Where the metadata nodes listen (host:port, comma-separated; sets their number), for
+        /// a cluster spread over several hosts. Default: free ports on 127.0.0.1.
+        #[arg(long, value_delimiter = ',')]
+        meta_addrs: Vec<String>,
+        /// Where the storage servers listen (host:port, comma-separated; sets their number).
+        #[arg(long, value_delimiter = ',')]
+        store_addrs: Vec<String>,
     },
     /// Start the local cluster (initializing it first if needed); returns once healthy with
     /// --detach, else stays in the foreground and stops everything on Ctrl-C.
@@ -280,10 +287,14 @@ async fn run(cli: Cli) -> Result<()> {
             ticket_renew_s,
             scrub_mib_per_s,
             scrub_every_s,
+            meta_addrs,
+            store_addrs,
         } => {
             let opts = cluster::InitOptions {
-                metas,
-                stores,
+                metas: if meta_addrs.is_empty() { metas } else { meta_addrs.len() },
+                stores: if store_addrs.is_empty() { stores } else { store_addrs.len() },
+                meta_addrs,
+                store_addrs,
                 store_capacity_bytes: store_capacity,
                 snapshot_every_entries: snapshot_every,
                 callback_lease_ms,
