@@ -293,3 +293,129 @@ pub async fn failover(dir: &Path, kills: usize) -> Result<()> {
     println!("for comparison: CephFS waits a 15 s MDS beacon grace, HDFS 5-10 s, an NFSv4 server a 90 s grace period");
     Ok(())
 }
+
+/// Files a writer puts, as (end time, bytes): what it achieved in any window.
+type Completions = Arc<std::sync::Mutex<Vec<(Instant, u64)>>>;
+
+/// Put `file_mib` MiB files under `dir` one after another until `stop`, recording each.
+async fn keep_writing(client: Arc<shoal_client::Client>, dir: FileHandle, data: Arc<Vec<u8>>, prefix: String, done: Completions, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let f = client.create(dir, &format!("{prefix}-{n}"), 0o644, true).await?;
+        client.write_stream(f.handle, &data[..], &|_| {}).await?;
+        done.lock().expect("lock").push((Instant::now(), data.len() as u64));
+    }
+    Ok(())
+}
+
+/// MB/s of the completions that ended within [from, to].
+fn rate_between(done: &Completions, from: Instant, to: Instant) -> f64 {
+    let bytes: u64 = done.lock().expect("lock").iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, b)| b).sum();
+    mbps(bytes, to.saturating_duration_since(from))
+}
+
+/// `shoal bench --repair-gib N`: fill the cluster until each storage server holds about N GiB
+/// (3 copies over the servers), measure what 2 clients write, kill -9 the fullest server and
+/// time the repair back to full protection while the clients keep writing. Prints the repair
+/// rate and the clients' rate during the repair against before. The server is restarted at the
+/// end and the files deleted.
+pub async fn repair(dir: &Path, gib: f64) -> Result<()> {
+    use anyhow::Context;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = dir.canonicalize()?;
+    let cluster: crate::cluster::ClusterFile = crate::cluster::read_toml(&dir.join("cluster.toml"))?;
+    let client = connect(&dir).await?;
+    let top = client.mkdir(FileHandle::ROOT, &format!("bench-repair-{}", std::process::id()), 0o755).await?;
+    let file_bytes = 16u64 << 20;
+    let data: Arc<Vec<u8>> = Arc::new((0..file_bytes).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect());
+    let n_stores = cluster.stores.len().max(1) as f64;
+    let logical = (gib * (1u64 << 30) as f64 * n_stores / 3.0) as u64;
+    let n_files = logical.div_ceil(file_bytes);
+    println!("filling: {n_files} files of 16 MiB ({:.2} GiB, 3 copies over {} servers)", (n_files * file_bytes) as f64 / (1u64 << 30) as f64, cluster.stores.len());
+    let bar = indicatif::ProgressBar::new(n_files);
+    let t = Instant::now();
+    for i in 0..n_files {
+        let f = client.create(top.handle, &format!("fill-{i}"), 0o644, true).await?;
+        client.write_stream(f.handle, &data[..], &|_| {}).await?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!("filled in {:.1} s ({:.0} MB/s)", t.elapsed().as_secs_f64(), mbps(n_files * file_bytes, t.elapsed()));
+
+    // The fill's dirty pages go to disk first, or their write-back would slow the baseline.
+    tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await?;
+    // Two clients (own sessions) write throughout.
+    let done: Completions = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        let c = connect(&dir).await?;
+        writers.push(tokio::spawn(keep_writing(c, top.handle, data.clone(), format!("w{w}"), done.clone(), stop.clone())));
+    }
+    let base_from = Instant::now() + Duration::from_secs(2);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let base = rate_between(&done, base_from, Instant::now());
+    println!("clients writing {base:.0} MB/s with every server up");
+
+    let s = client.status().await?;
+    let victim = s.stores.iter().max_by_key(|st| st.used).context("no storage server")?.clone();
+    let proc = crate::cluster::procs(&dir, &cluster).into_iter().find(|p| p.name == format!("store-{}", victim.id)).context("the server's process")?;
+    let pid = crate::cluster::running_pid(&dir, &proc).context("the server is not running")?;
+    let killed = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    println!("killed store-{} holding {:.2} GiB ({} blobs)", victim.id, victim.used as f64 / (1u64 << 30) as f64, victim.blobs);
+    let (mut declared, mut queued) = (None, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let bar = indicatif::ProgressBar::new(victim.blobs);
+    let finished = loop {
+        let s = client.status().await?;
+        let dead = s.stores.iter().any(|st| st.id == victim.id && !st.alive);
+        if dead && declared.is_none() {
+            declared = Some(Instant::now());
+        }
+        queued = queued.max(s.blobs_under_replicated);
+        bar.set_position(victim.blobs.saturating_sub(s.blobs_under_replicated));
+        if declared.is_some() && s.blobs_under_replicated == 0 {
+            break Instant::now();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not back to full protection after 30 min: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish_and_clear();
+    let declared = declared.expect("declared before the loop ends");
+    let during = rate_between(&done, declared, finished);
+    let repair_s = finished.duration_since(declared).as_secs_f64();
+    let repair_rate = victim.used as f64 / repair_s / 1e6;
+
+    // The server returns (and is checked); the clients' rate once all is back is measured too.
+    crate::cluster::start_procs(&dir, &cluster, true)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !client.status().await?.stores.iter().all(|st| st.alive) {
+        anyhow::ensure!(Instant::now() < deadline, "store-{} did not come back", victim.id);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = rate_between(&done, after_from, Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await??;
+    }
+    let base = base.min(after);
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec!["repair after losing one storage server", "figure"]);
+    t.add_row(vec!["data it held".to_string(), format!("{:.2} GiB in {} blobs ({queued} queued)", victim.used as f64 / (1u64 << 30) as f64, victim.blobs)]);
+    t.add_row(vec!["kill -9 to declared failed, s".to_string(), format!("{:.1}", declared.duration_since(killed).as_secs_f64())]);
+    t.add_row(vec!["declared failed to full protection, s".to_string(), format!("{repair_s:.1}")]);
+    t.add_row(vec!["repair rate, MB/s".to_string(), format!("{repair_rate:.0} ({:.0} MiB/s; must 100 MiB/s)", repair_rate * 1e6 / (1u64 << 20) as f64)]);
+    t.add_row(vec!["2 clients writing with every server up, MB/s".to_string(), format!("{base:.0} (the lower of before the kill and after the return)")]);
+    t.add_row(vec!["2 clients writing during the repair, MB/s".to_string(), format!("{during:.0} ({:.2}x; must 0.70x)", during / base)]);
+    println!("{t}");
+    for entry in client.readdir_all(top.handle).await? {
+        client.unlink(top.handle, &entry.name).await?;
+    }
+    client.rmdir(FileHandle::ROOT, &format!("bench-repair-{}", std::process::id())).await?;
+    let _ = client.close().await;
+    Ok(())
+}

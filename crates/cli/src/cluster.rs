@@ -58,6 +58,7 @@ pub struct InitOptions {
     pub ticket_renew_s: u64,
     pub scrub_mib_per_s: u64,
     pub scrub_every_s: u64,
+    pub repair_mib_per_s: u64,
     /// Listening addresses (host:port) of the metadata nodes and storage servers; empty: free
     /// ports on 127.0.0.1.
     pub meta_addrs: Vec<String>,
@@ -76,6 +77,7 @@ impl Default for InitOptions {
             ticket_renew_s: defaults::ticket_renew_s(),
             scrub_mib_per_s: defaults::scrub_mib_per_s(),
             scrub_every_s: defaults::scrub_every_s(),
+            repair_mib_per_s: defaults::repair_mib_per_s(),
             meta_addrs: Vec::new(),
             store_addrs: Vec::new(),
         }
@@ -201,6 +203,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
             capability_key: Some(cap_key.clone()),
             scrub_mib_per_s: opts.scrub_mib_per_s,
             scrub_every_s: opts.scrub_every_s,
+            repair_mib_per_s: opts.repair_mib_per_s,
         };
         write_toml(&data_dir.join("store.toml"), &cfg)?;
     }

@@ -59,6 +59,9 @@ enum Cmd {
         /// Seconds between background scrub passes.
         #[arg(long, default_value_t = shoal_types::config::defaults::scrub_every_s())]
         scrub_every_s: u64,
+        /// Repair copying rate of each storage server at most (MiB/s; 0: no limit).
+        #[arg(long, default_value_t = shoal_types::config::defaults::repair_mib_per_s())]
+        repair_mib_per_s: u64,
         /// Where the metadata nodes listen (host:port, comma-separated; sets their number), for
         /// a cluster spread over several hosts. Default: free ports on 127.0.0.1.
         #[arg(long, value_delimiter = ',')]
@@ -192,6 +195,10 @@ enum Cmd {
         /// Instead: kill -9 the metadata leader this many times and time each failover.
         #[arg(long, default_value_t = 0)]
         failover_kills: usize,
+        /// Instead: fill until each storage server holds this many GiB, kill -9 the fullest
+        /// and time its repair while 2 clients write.
+        #[arg(long, default_value_t = 0.0)]
+        repair_gib: f64,
     },
 }
 
@@ -287,6 +294,7 @@ async fn run(cli: Cli) -> Result<()> {
             ticket_renew_s,
             scrub_mib_per_s,
             scrub_every_s,
+            repair_mib_per_s,
             meta_addrs,
             store_addrs,
         } => {
@@ -302,6 +310,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ticket_renew_s,
                 scrub_mib_per_s,
                 scrub_every_s,
+                repair_mib_per_s,
             };
             let c = cluster::init(&dir, &opts)?;
             println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());
@@ -328,6 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Cert { cmd: CertCmd::Rotate } => certs::rotate(&dir).await,
         Cmd::Cert { cmd: CertCmd::Revoke { name } } => certs::revoke(&dir, &name).await,
         Cmd::Bench { failover_kills, .. } if failover_kills > 0 => bench::failover(&dir, failover_kills).await,
+        Cmd::Bench { repair_gib, .. } if repair_gib > 0.0 => bench::repair(&dir, repair_gib).await,
         Cmd::Bench { size_mib, creates, rounds, files, .. } => bench::run(&dir, size_mib, creates, rounds, files).await,
         other => files::run(&dir, other).await,
     }

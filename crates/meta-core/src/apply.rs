@@ -15,6 +15,8 @@ pub(crate) const PARAMS_KEY: &[u8] = b"params";
 pub(crate) const PROMISE_HORIZON_KEY: &[u8] = b"promise_horizon";
 /// The number of the latest scrub request (u64).
 pub(crate) const SCRUB_EPOCH_KEY: &[u8] = b"scrub_epoch";
+/// Where the next heartbeat's look at the repair queue starts (a blob id).
+const REPAIR_CURSOR_KEY: &[u8] = b"repair_cursor";
 
 /// Apply one log entry and return the reply for its proposer.
 pub fn apply<K: Kv>(kv: &mut K, cmd: &Command) -> MetaResponse {
@@ -1210,19 +1212,30 @@ impl<K: Kv> Sm<'_, K> {
         let mut repair = Vec::new();
         let free = hb.capacity.saturating_sub(hb.used);
         let mut budget = free;
-        // A fenced server gets no copies until it is checked.
-        let repairs = if returning.is_some() { Vec::new() } else { self.kv.scan(Table::Repair, &[], &[0xff; 9], usize::MAX) };
-        for (k, v) in repairs {
-            if repair.len() >= crate::ORDERS_PER_HEARTBEAT_MAX {
-                break;
+        // Repairs: a window of the queue, from a cursor that goes round it (so blobs that cannot
+        // be repaired yet do not hide the others), most endangered (fewest healthy copies)
+        // first. A fenced server gets none until it is checked.
+        let mut rows = Vec::new();
+        if returning.is_none() {
+            let cursor = load::<u64>(self.kv, Table::Meta, REPAIR_CURSOR_KEY).unwrap_or(0);
+            rows = self.kv.scan(Table::Repair, &key::u64(cursor), &[0xff; 9], crate::REPAIR_SCAN_MAX);
+            if rows.len() < crate::REPAIR_SCAN_MAX {
+                rows.extend(self.kv.scan(Table::Repair, &[], &key::u64(cursor), crate::REPAIR_SCAN_MAX - rows.len()));
             }
-            let Ok(mut rr) = codec::decode::<RepairRec>(&v) else { continue };
+            if let Some((k, _)) = rows.last() {
+                store(self.kv, Table::Meta, REPAIR_CURSOR_KEY, &key::read_u64(k, 0).wrapping_add(1));
+            }
+        }
+        let mut candidates = Vec::new();
+        for (k, v) in rows {
+            let Ok(rr) = codec::decode::<RepairRec>(&v) else { continue };
             let blob_id = key::read_u64(&k, 0);
             let Some(info) = load::<BlobInfo>(self.kv, Table::Blobs, &k) else {
                 self.kv.delete(Table::Repair, &k);
                 continue;
             };
-            if self.healthy_copies(BlobId(blob_id), &info) >= info.policy.copies() {
+            let healthy = self.healthy_copies(BlobId(blob_id), &info);
+            if healthy >= info.policy.copies() {
                 self.kv.delete(Table::Repair, &k);
                 self.drop_damaged(BlobId(blob_id));
                 continue;
@@ -1230,13 +1243,23 @@ impl<K: Kv> Sm<'_, K> {
             // A server still holding a corrupt or condemned copy would think it has the blob.
             let deleting = self.kv.get(Table::GcOrders, &key::u64_u64(hb.store.0, blob_id)).is_some()
                 || self.kv.get(Table::Damaged, &key::u64_u64(blob_id, hb.store.0)).is_some();
-            if info.stores.contains(&hb.store) || deleting || info.len > budget {
+            if info.stores.contains(&hb.store) || deleting {
                 continue;
             }
             if let Some((who, at)) = rr.assigned {
                 if who != hb.store.0 && self.now - at < crate::REPAIR_REASSIGN_NS {
                     continue;
                 }
+            }
+            candidates.push((healthy, blob_id, k, rr, info));
+        }
+        candidates.sort_by_key(|c| (c.0, c.1));
+        for (_, blob_id, k, mut rr, info) in candidates {
+            if repair.len() >= crate::REPAIRS_PER_HEARTBEAT_MAX {
+                break;
+            }
+            if info.len > budget {
+                continue;
             }
             let sources: Vec<StoreAddr> = info
                 .stores
@@ -1253,7 +1276,7 @@ impl<K: Kv> Sm<'_, K> {
             rr.assigned = Some((hb.store.0, self.now));
             store(self.kv, Table::Repair, &k, &rr);
             budget -= info.len;
-            repair.push(RepairOrder { blob: BlobId(key::read_u64(&k, 0)), len: info.len, crc: info.crc, sources });
+            repair.push(RepairOrder { blob: BlobId(blob_id), len: info.len, crc: info.crc, sources });
         }
         let scrub_epoch = load::<u64>(self.kv, Table::Meta, SCRUB_EPOCH_KEY).unwrap_or(0);
         let inventory_from = returning.map(|r| r.next);

@@ -543,3 +543,34 @@ fn a_returning_storage_server_is_fenced_until_its_blobs_are_checked() {
     let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
     assert!(s.stores.iter().any(|st| st.id == other && st.checking && !st.alive));
 }
+
+#[test]
+fn repairs_go_to_the_most_endangered_blob_first() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let d = t.must_mkdir(ROOT, "four");
+    t.op(MetaOp::SetPolicy { handle: d.handle, policy: Policy::Replicas { copies: 4, write_quorum: 2 } }).unwrap();
+    let commit = |t: &mut T, name: &str, stores: Vec<StoreId>| {
+        let f = t.must_create(d.handle, name);
+        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+        let blob = intent.blobs[0];
+        t.op(MetaOp::Commit(Commit {
+            handle: f.handle,
+            base_version: None,
+            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
+            size: 10,
+            mtime: t.now,
+            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores }],
+        }))
+        .unwrap();
+        blob
+    };
+    // The older blob lacks one copy, the newer two.
+    let short_one = commit(&mut t, "a", vec![StoreId(1), StoreId(2), StoreId(3)]);
+    let short_two = commit(&mut t, "b", vec![StoreId(1), StoreId(2)]);
+    assert!(short_one < short_two);
+    let hb = StoreHeartbeat { store: StoreId(4), addr: "127.0.0.1:7004".into(), capacity: 1 << 30, used: 0, deleted: vec![], repaired: vec![] };
+    let MetaReply::StoreOrders(o) = t.cmd(CommandKind::Request(t.req(MetaOp::StoreHeartbeat(hb)))).unwrap() else { panic!() };
+    let order: Vec<BlobId> = o.repair.iter().map(|r| r.blob).collect();
+    assert_eq!(order, vec![short_two, short_one]);
+}

@@ -206,9 +206,36 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio
     Ok((service, task))
 }
 
-/// Register, then heartbeat forever; carry out the orders each heartbeat returns.
+/// Spaces repair copies out to a rate (`None`: no limit): each copy takes the next free slot of
+/// the time line, so copies start at most `bytes_per_s` apart on average.
+struct Pacer {
+    bytes_per_s: Option<f64>,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(mib_per_s: u64) -> Pacer {
+        Pacer { bytes_per_s: (mib_per_s > 0).then(|| (mib_per_s << 20) as f64), next: Mutex::new(tokio::time::Instant::now()) }
+    }
+
+    async fn take(&self, bytes: u64) {
+        let Some(rate) = self.bytes_per_s else { return };
+        let start = {
+            let mut next = self.next.lock().expect("pacer lock");
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+/// Register, then heartbeat forever; carry out the orders each heartbeat returns. A finished
+/// repair brings the next heartbeat forward, to report it and take the next order at once.
 async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: StoreConfig) {
     let every = Duration::from_millis(cfg.heartbeat_ms);
+    let pacer = Arc::new(Pacer::new(cfg.repair_mib_per_s));
+    let wake = Arc::new(tokio::sync::Notify::new());
     let deleted: Arc<Mutex<Vec<BlobId>>> = Arc::default();
     let repaired: Arc<Mutex<Vec<BlobId>>> = Arc::default();
     let repairing = Arc::new(tokio::sync::Semaphore::new(REPAIRS_IN_FLIGHT_MAX));
@@ -274,13 +301,20 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
                             break;
                         };
                         let (service, client, repaired, in_repair) = (service.clone(), client.clone(), repaired.clone(), in_repair.clone());
+                        let (pacer, wake) = (pacer.clone(), wake.clone());
                         tokio::spawn(async move {
-                            match repair(&service, &client, &order).await {
-                                Ok(()) => repaired.lock().expect("lock").push(order.blob),
-                                Err(e) => tracing::warn!("failed to repair blob {}: {e}", order.blob),
-                            }
+                            pacer.take(order.len).await;
+                            let done = repair(&service, &client, &order).await;
                             in_repair.lock().expect("lock").remove(&order.blob);
                             drop(permit);
+                            match done {
+                                Ok(()) => {
+                                    repaired.lock().expect("lock").push(order.blob);
+                                    // (Not after a failure: that would retry at once, in a loop.)
+                                    wake.notify_one();
+                                }
+                                Err(e) => tracing::warn!("failed to repair blob {}: {e}", order.blob),
+                            }
                         });
                     }
                 }
@@ -294,7 +328,10 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
             }
         }
         report_corrupt(&service, &client).await;
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = wake.notified() => {}
+        }
     }
 }
 
@@ -370,4 +407,28 @@ async fn repair(service: &StoreService, client: &Client, order: &RepairOrder) ->
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn the_pacer_spaces_copies_to_its_rate_and_no_limit_waits_for_nothing() {
+        let pacer = Pacer::new(64);
+        let t = Instant::now();
+        // 4 MiB at 64 MiB/s: each takes 62.5 ms of the time line; the first starts at once.
+        for _ in 0..5 {
+            pacer.take(4 << 20).await;
+        }
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(245), "5 copies of 4 MiB at 64 MiB/s started within {took:?}");
+        let free = Pacer::new(0);
+        let t = Instant::now();
+        for _ in 0..1000 {
+            free.take(64 << 20).await;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "no limit, no waiting");
+    }
 }

@@ -79,6 +79,9 @@ pub struct StoreConfig {
     /// Seconds from the end of one background scrub pass to the start of the next.
     #[serde(default = "defaults::scrub_every_s")]
     pub scrub_every_s: u64,
+    /// MiB/s this server copies for repairs at most (0: no limit), so clients keep their speed.
+    #[serde(default = "defaults::repair_mib_per_s")]
+    pub repair_mib_per_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,12 @@ pub mod defaults {
     }
     pub fn scrub_mib_per_s() -> u64 {
         4
+    }
+
+    /// Per storage server: a cluster repairs with all its servers at once (3 survivors of 4
+    /// copy 120 MiB/s), and clients keep most of their speed meanwhile.
+    pub fn repair_mib_per_s() -> u64 {
+        40
     }
 
     pub fn scrub_every_s() -> u64 {
