@@ -26,10 +26,13 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
         })
 }
 
-/// A mount point left by a killed client answers ENOTCONN: detach it so it can be mounted again.
+/// A mount point left by a killed client answers ENOTCONN (ECONNABORTED for a request caught
+/// by the abort): detach it so it can be mounted again.
 fn clean_dead_mount(mountpoint: &Path) {
     if let Err(e) = std::fs::metadata(mountpoint) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
+        let listed = || std::path::absolute(mountpoint).is_ok_and(|p| is_mounted(&p));
+        let dead = matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) || (e.kind() != std::io::ErrorKind::NotFound && listed());
+        if dead {
             let _ = std::process::Command::new("fusermount3").arg("-uz").arg(mountpoint).status();
         }
     }
