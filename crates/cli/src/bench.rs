@@ -291,8 +291,8 @@ pub async fn failover(dir: &Path, kills: usize) -> Result<()> {
     println!("{t}");
     println!("for comparison: CephFS waits a 15 s MDS beacon grace, HDFS 5-10 s, an NFSv4 server a 90 s grace period");
 
-    // Cold standby: a follower down while many commits happen (more than a snapshot's worth,
-    // so the log it missed is partly purged) catches up from a snapshot plus the log.
+    // Cold standby: a follower down while many commits happen catches up (from the entries it
+    // missed, or from a snapshot when the leader has purged them).
     let s = client.status().await?;
     let follower = s.members.iter().map(|m| m.id.0).find(|id| Some(*id) != s.leader.map(|l| l.0)).context("no follower")?;
     let proc = crate::cluster::procs(&dir, &cluster).into_iter().find(|p| p.name == format!("meta-{follower}")).context("the follower's process")?;
@@ -330,7 +330,7 @@ pub async fn failover(dir: &Path, kills: usize) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "cold standby: meta-{follower} was down while {creates} creates committed; restarted, it matched the leader's log {:.2} s later (snapshot plus log)",
+        "cold standby: meta-{follower} was down while {creates} creates committed; restarted, it matched the leader's log {:.2} s later (sent the entries it missed, or a snapshot if they were purged)",
         restarted.elapsed().as_secs_f64()
     );
     let _ = client.close().await;
