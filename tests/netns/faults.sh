@@ -35,13 +35,14 @@ in_ns() { local h=$1; shift; ip netns exec "$P-$h" "$@"; }
 sh_in() { local h=$1; shift; ip netns exec "$P-$h" "$SHOAL" --dir "$DIR" "$@"; }
 
 cleanup() {
+  local rc=$?
   set +e
   for h in "${!PID[@]}"; do kill -CONT "${PID[$h]}" 2>/dev/null; kill -9 "${PID[$h]}" 2>/dev/null; done
   for w in "${WRITERS[@]:-}"; do kill "$w" 2>/dev/null; done
   wait 2>/dev/null
   umount "$DIR/store-4" 2>/dev/null
   for h in sw "${METAS[@]}" "${STORES[@]}" "${CLIENTS[@]}"; do ip netns del "$P-$h" 2>/dev/null; done
-  if [ "${KEEP:-0}" = 1 ] || [ "$FAILED" != 0 ]; then echo "logs kept in $DIR/logs"; else rm -rf "$WORK"; fi
+  if [ "${KEEP:-0}" = 1 ] || [ "$FAILED" != 0 ] || [ "$rc" != 0 ]; then echo "logs kept in $DIR/logs"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -55,12 +56,10 @@ i=0
 for h in "${METAS[@]}" "${STORES[@]}" "${CLIENTS[@]}"; do
   i=$((i + 1))
   ip netns add "$P-$h"
-  ip link add "$P-v$i" type veth peer name "$P-p$i"
-  ip link set "$P-v$i" netns "$P-$h"
-  ip link set "$P-p$i" netns "$P-sw"
-  in_ns sw ip link set "$P-p$i" master br0 up
+  # Both ends are made inside the namespaces: nothing appears in the machine's own network.
+  ip link add eth0 netns "$P-$h" type veth peer name "p$i" netns "$P-sw"
+  in_ns sw ip link set "p$i" master br0 up
   in_ns "$h" ip link set lo up
-  in_ns "$h" ip link set "$P-v$i" name eth0
   in_ns "$h" ip addr add "${IP[$h]}/24" dev eth0
   in_ns "$h" ip link set eth0 up
 done
@@ -139,7 +138,14 @@ verify_from() {
   local checked=0 lost=0
   while read -r _ path sum; do
     checked=$((checked + 1))
-    got=$(sh_in c2 cat "$path" 2>/dev/null | sha256sum | cut -c1-64)
+    # Lost means unreadable or different three times over: one failed command (its connection
+    # refused, say) is not lost data, and its error is logged.
+    for attempt in 1 2 3; do
+      got=$(sh_in c2 cat "$path" 2>>"$WORK/verify.err" | sha256sum | cut -c1-64) || got=unreadable
+      [ "$got" = "$sum" ] && break
+      echo "read $attempt of $path failed or differed" >>"$WORK/verify.err"
+      sleep 1
+    done
     if [ "$got" != "$sum" ]; then lost=$((lost + 1)); echo "LOST: $path" >&2; fi
   done < <(tail -n +"$1" "$LEDGER")
   echo "$checked $lost"

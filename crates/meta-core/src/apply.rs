@@ -15,6 +15,8 @@ pub(crate) const PARAMS_KEY: &[u8] = b"params";
 pub(crate) const PROMISE_HORIZON_KEY: &[u8] = b"promise_horizon";
 /// The number of the latest scrub request (u64).
 pub(crate) const SCRUB_EPOCH_KEY: &[u8] = b"scrub_epoch";
+/// When the last tick was applied (cluster clock).
+const LAST_TICK_KEY: &[u8] = b"last_tick";
 /// Where the next heartbeat's look at the repair queue starts (a blob id).
 const REPAIR_CURSOR_KEY: &[u8] = b"repair_cursor";
 
@@ -331,18 +333,36 @@ impl<K: Kv> Sm<'_, K> {
                 }
             }
         }
-        // Declare silent servers failed and queue their blobs for repair.
+        // Declare silent servers failed and queue their blobs for repair. Not right after a gap
+        // in the ticks (no leader, or a stalled one): the servers' heartbeats could not be
+        // applied meanwhile, so their silence says nothing.
+        let last_tick = load::<TimeNs>(self.kv, Table::Meta, LAST_TICK_KEY);
+        store(self.kv, Table::Meta, LAST_TICK_KEY, &now);
+        if last_tick.is_none_or(|t| now - t > self.params.store_dead_after_ns) {
+            return Ok(MetaReply::Ok);
+        }
         for (k, v) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
             let Ok(mut rec) = codec::decode::<StoreRec>(&v) else { continue };
-            if rec.alive && now - rec.last_heartbeat > self.params.store_dead_after_ns {
+            if now - rec.last_heartbeat <= self.params.store_dead_after_ns {
+                continue;
+            }
+            let id = key::read_u64(&k, 0);
+            let rkey = key::u64(id);
+            // A server being checked that goes silent is failed too, once.
+            let returning = load::<ReturningRec>(self.kv, Table::Returning, &rkey);
+            if rec.alive {
                 rec.alive = false;
                 store(self.kv, Table::Stores, &k, &rec);
-                let id = key::read_u64(&k, 0);
-                for (bk, _) in self.kv.scan(Table::StoreBlobs, &key::u64(id), &key::prefix_end(id), usize::MAX) {
-                    let blob = key::read_u64(&bk, 8);
-                    if self.kv.get(Table::Repair, &key::u64(blob)).is_none() {
-                        store(self.kv, Table::Repair, &key::u64(blob), &RepairRec { assigned: None });
-                    }
+            } else if let Some(mut ret) = returning.filter(|r| !r.failed) {
+                ret.failed = true;
+                store(self.kv, Table::Returning, &rkey, &ret);
+            } else {
+                continue;
+            }
+            for (bk, _) in self.kv.scan(Table::StoreBlobs, &key::u64(id), &key::prefix_end(id), usize::MAX) {
+                let blob = key::read_u64(&bk, 8);
+                if self.kv.get(Table::Repair, &key::u64(blob)).is_none() {
+                    store(self.kv, Table::Repair, &key::u64(blob), &RepairRec { assigned: None });
                 }
             }
         }
@@ -1127,9 +1147,26 @@ impl<K: Kv> Sm<'_, K> {
             let accounted = self.kv.get(Table::GcOrders, &key::u64_u64(id.0, b)).is_some()
                 || self.kv.get(Table::Intents, &key::u64(b)).is_some()
                 || self.kv.get(Table::Damaged, &key::u64_u64(b, id.0)).is_some();
-            if !accounted {
-                self.kv.put(Table::GcOrders, &key::u64_u64(id.0, b), &[]);
+            if accounted {
+                continue;
             }
+            let bkey = key::u64(b);
+            match load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
+                // A copy of a live blob not recorded here (its write or repair was reported in
+                // a way this check missed): adopted, not deleted. Its checksums guard its reads.
+                Some(mut info) => {
+                    info.stores.push(id);
+                    info.stores.sort();
+                    info.stores.dedup();
+                    store(self.kv, Table::Blobs, &bkey, &info);
+                    self.kv.put(Table::StoreBlobs, &key::u64_u64(id.0, b), &[]);
+                }
+                None => self.kv.put(Table::GcOrders, &key::u64_u64(id.0, b), &[]),
+            }
+        }
+        if let Some(mut rec) = load::<StoreRec>(self.kv, Table::Stores, &rkey) {
+            rec.last_heartbeat = self.now; // It is talking.
+            store(self.kv, Table::Stores, &rkey, &rec);
         }
         if !done {
             ret.next = last + 1;
@@ -1147,12 +1184,18 @@ impl<K: Kv> Sm<'_, K> {
     }
 
     /// `id` no longer holds `blob`: forget the copy, and queue a repair if the blob needs one.
+    /// The last recorded copy of a live blob is never forgotten (if the server's list was taken
+    /// just before a put there landed, the copy exists; if not, nothing else holds the blob).
     fn lose_copy(&mut self, id: StoreId, blob: BlobId) {
+        let bkey = key::u64(blob.0);
+        let info = load::<BlobInfo>(self.kv, Table::Blobs, &bkey);
+        if info.as_ref().is_some_and(|i| i.stores == [id]) {
+            return;
+        }
         self.kv.delete(Table::StoreBlobs, &key::u64_u64(id.0, blob.0));
         self.kv.delete(Table::GcOrders, &key::u64_u64(id.0, blob.0));
         self.kv.delete(Table::Damaged, &key::u64_u64(blob.0, id.0));
-        let bkey = key::u64(blob.0);
-        let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) else { return };
+        let Some(mut info) = info else { return };
         info.stores.retain(|&s| s != id);
         store(self.kv, Table::Blobs, &bkey, &info);
         if self.healthy_copies(blob, &info) < info.policy.copies() && self.kv.get(Table::Repair, &bkey).is_none() {

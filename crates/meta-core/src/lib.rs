@@ -89,9 +89,10 @@ pub const REPLIES_PER_SESSION_MAX: u64 = 4096;
 pub const BLOBS_PER_COMMIT_MAX: usize = 4096;
 /// Orders handed to a storage server per heartbeat.
 pub const ORDERS_PER_HEARTBEAT_MAX: usize = 256;
-/// Repairs given to one server per heartbeat: a few more than it carries out at once, so it
-/// always has the next one, but not so many that they sit assigned to it while others idle.
-pub const REPAIRS_PER_HEARTBEAT_MAX: usize = 8;
+/// Repairs given to one server per heartbeat: as many as it carries out at once (its unfinished
+/// ones count, they are given again), so none sit assigned to it while others idle. A finished
+/// repair brings its next heartbeat forward.
+pub const REPAIRS_PER_HEARTBEAT_MAX: usize = 4;
 /// Rows of the repair queue one heartbeat looks at (the most endangered of them go first).
 pub const REPAIR_SCAN_MAX: usize = 4096;
 /// A repair order not completed after this long is given to another server.

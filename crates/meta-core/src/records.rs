@@ -80,6 +80,8 @@ pub struct StoreRec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReturningRec {
     pub next: u64,
+    /// It went silent while being checked, and its blobs were queued for repair.
+    pub failed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -535,8 +535,11 @@ fn a_returning_storage_server_is_fenced_until_its_blobs_are_checked() {
 
     // A server declared failed (silent, not restarted) that heartbeats again is checked too.
     let other = (1..=4).map(StoreId).find(|s| *s != back).unwrap();
-    t.now += Params::default().store_dead_after_ns + 1;
-    t.cmd(CommandKind::Tick).unwrap();
+    // (Ticks every second: after a gap in the ticks nobody is declared failed.)
+    for _ in 0..7 {
+        t.now += 1_000_000_000;
+        t.cmd(CommandKind::Tick).unwrap();
+    }
     let hb2 = StoreHeartbeat { store: other, ..hb.clone() };
     let MetaReply::StoreOrders(o) = t.cmd(CommandKind::Request(t.req(MetaOp::StoreHeartbeat(hb2)))).unwrap() else { panic!() };
     assert_eq!(o.inventory_from, Some(0));
@@ -573,4 +576,44 @@ fn repairs_go_to_the_most_endangered_blob_first() {
     let MetaReply::StoreOrders(o) = t.cmd(CommandKind::Request(t.req(MetaOp::StoreHeartbeat(hb)))).unwrap() else { panic!() };
     let order: Vec<BlobId> = o.repair.iter().map(|r| r.blob).collect();
     assert_eq!(order, vec![short_two, short_one]);
+}
+
+#[test]
+fn a_returning_server_keeps_live_blobs_it_holds_and_last_copies_and_a_tick_gap_fails_nobody() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let d = t.must_mkdir(ROOT, "one");
+    t.op(MetaOp::SetPolicy { handle: d.handle, policy: Policy::Replicas { copies: 1, write_quorum: 1 } }).unwrap();
+    let commit = |t: &mut T, name: &str, stores: Vec<StoreId>| {
+        let f = t.must_create(d.handle, name);
+        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+        let blob = intent.blobs[0];
+        t.op(MetaOp::Commit(Commit {
+            handle: f.handle,
+            base_version: None,
+            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
+            size: 10,
+            mtime: t.now,
+            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores }],
+        }))
+        .unwrap();
+        blob
+    };
+    let only = commit(&mut t, "a", vec![StoreId(1)]);
+    let elsewhere = commit(&mut t, "b", vec![StoreId(2)]);
+    let holders = |t: &T, b: BlobId| crate::apply::load::<shoal_types::layout::BlobInfo>(&t.kv, Table::Blobs, &crate::kv::key::u64(b.0)).unwrap().stores;
+    // Store 1 returns. Its list lacks `only` (say, taken just before that put landed) and holds
+    // a copy of `elsewhere` nothing recorded there.
+    t.cmd(CommandKind::Request(t.req(MetaOp::RegisterStore { store: StoreId(1), addr: "127.0.0.1:7001".into(), capacity: 1 << 30, used: 0 }))).unwrap();
+    t.cmd(CommandKind::Request(t.req(MetaOp::StoreInventory { store: StoreId(1), from: 0, blobs: vec![elsewhere], done: true }))).unwrap();
+    assert_eq!(holders(&t, only), vec![StoreId(1)], "the last copy of a live blob is never forgotten");
+    assert_eq!(holders(&t, elsewhere), vec![StoreId(1), StoreId(2)], "a copy of a live blob is adopted");
+    assert_eq!(t.kv.len(Table::GcOrders), 0, "and not deleted");
+
+    // After a gap in the ticks (no leader for a while), nobody is declared failed at once.
+    t.cmd(CommandKind::Tick).unwrap();
+    t.now += Params::default().store_dead_after_ns * 3;
+    t.cmd(CommandKind::Tick).unwrap();
+    let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+    assert!(s.stores.iter().all(|st| st.alive), "{:?}", s.stores);
 }

@@ -328,9 +328,11 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
             }
         }
         report_corrupt(&service, &client).await;
+        let sent = tokio::time::Instant::now();
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = wake.notified() => {}
+            // Early, but at most four times a heartbeat period (each one is a log entry).
+            _ = wake.notified() => tokio::time::sleep_until(sent + every / 4).await,
         }
     }
 }
