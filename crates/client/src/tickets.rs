@@ -100,22 +100,38 @@ impl Client {
         self.login_key(user, &key).await
     }
 
+    /// A ticket exchange, made afresh once if a node answers that its proof was used already:
+    /// `auth_call` retries the same bytes on every node in turn, so a retry can reach a node
+    /// that served an earlier try whose answer was lost.
+    async fn exchange(&self, make: impl Fn() -> AuthRequest) -> FsResult<AuthReply> {
+        match self.auth_call(make()).await {
+            Err(FsError::Unauthenticated(m)) if m.contains("replayed") => self.auth_call(make()).await,
+            r => r,
+        }
+    }
+
     async fn login_key(&self, user: &str, key: &Key) -> FsResult<Grant> {
-        let proof = shoal_auth::login_proof(key, shoal_auth::now_us());
-        let sealed = sealed_grant(self.auth_call(AuthRequest::Login { user: user.into(), proof }).await?)?;
+        let login = || AuthRequest::Login { user: user.into(), proof: shoal_auth::login_proof(key, shoal_auth::now_us()) };
+        let sealed = sealed_grant(self.exchange(login).await?)?;
         open(key, &sealed)
     }
 
     /// A ticket-granting ticket renewed for another lifetime (up to its renewal limit).
     pub async fn renew(&self, tgt: &Grant) -> FsResult<Grant> {
-        let authenticator = shoal_auth::authenticator(&tgt.session_key, shoal_auth::now_us(), shoal_auth::digest(b"renew"));
-        let sealed = sealed_grant(self.auth_call(AuthRequest::Renew { tgt: tgt.ticket.clone(), authenticator }).await?)?;
+        let renew = || AuthRequest::Renew {
+            tgt: tgt.ticket.clone(),
+            authenticator: shoal_auth::authenticator(&tgt.session_key, shoal_auth::now_us(), shoal_auth::digest(b"renew")),
+        };
+        let sealed = sealed_grant(self.exchange(renew).await?)?;
         open(&tgt.session_key, &sealed)
     }
 
     async fn service_ticket(&self, tgt: &Grant) -> FsResult<Grant> {
-        let authenticator = shoal_auth::authenticator(&tgt.session_key, shoal_auth::now_us(), shoal_auth::digest(b"service"));
-        let sealed = sealed_grant(self.auth_call(AuthRequest::Service { tgt: tgt.ticket.clone(), authenticator }).await?)?;
+        let service = || AuthRequest::Service {
+            tgt: tgt.ticket.clone(),
+            authenticator: shoal_auth::authenticator(&tgt.session_key, shoal_auth::now_us(), shoal_auth::digest(b"service")),
+        };
+        let sealed = sealed_grant(self.exchange(service).await?)?;
         open(&tgt.session_key, &sealed)
     }
 
