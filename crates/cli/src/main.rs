@@ -356,6 +356,8 @@ pub async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // (Cluster clock: the metadata leader's, on this machine.)
+    let started_ns = shoal_auth::now_ns();
     let mut children = cluster::start_procs(&dir, &c, detach)?;
     let started = Instant::now();
     let stop = |children: &mut Vec<std::process::Child>| -> Result<()> {
@@ -368,7 +370,7 @@ pub async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result
         Ok(())
     };
     tokio::select! {
-        r = wait_healthy(&dir, &c, Duration::from_secs(60)) => r?,
+        r = wait_healthy(&dir, &c, started_ns, Duration::from_secs(60)) => r?,
         _ = interrupt.recv(), if !detach => return stop(&mut children),
         _ = terminate.recv(), if !detach => return stop(&mut children),
     }
@@ -393,8 +395,10 @@ pub async fn up(dir: &Path, detach: bool, mountpoint: Option<PathBuf>) -> Result
     stop(&mut children)
 }
 
-/// Wait until a leader serves reads and every storage server has registered.
-async fn wait_healthy(dir: &Path, c: &cluster::ClusterFile, timeout: Duration) -> Result<()> {
+/// Wait until a leader serves reads and every storage server is alive, checked and heard from
+/// since `since_ns` (a server just restarted is still listed alive from before until it
+/// registers again, and then fenced until its blobs are checked).
+async fn wait_healthy(dir: &Path, c: &cluster::ClusterFile, since_ns: i64, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
@@ -407,7 +411,7 @@ async fn wait_healthy(dir: &Path, c: &cluster::ClusterFile, timeout: Duration) -
         .await
         {
             Ok(Ok(s)) => {
-                let alive = s.stores.iter().filter(|s| s.alive).count();
+                let alive = s.stores.iter().filter(|s| s.alive && !s.checking && s.last_heartbeat >= since_ns).count();
                 if s.leader.is_some() && alive >= c.stores.len() {
                     return Ok(());
                 }
