@@ -87,6 +87,22 @@ impl T {
             .unwrap();
         }
     }
+    /// A new 10-byte file `name` in `dir` whose one blob is committed as held by `stores`.
+    fn must_commit_on(&mut self, dir: FileHandle, name: &str, stores: Vec<StoreId>) -> BlobId {
+        let f = self.must_create(dir, name);
+        let Ok(MetaReply::Intent(intent)) = self.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+        let blob = intent.blobs[0];
+        self.op(MetaOp::Commit(Commit {
+            handle: f.handle,
+            base_version: None,
+            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
+            size: 10,
+            mtime: self.now,
+            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores }],
+        }))
+        .unwrap();
+        blob
+    }
     fn must_write(&mut self, file: FileHandle, len: u64) -> BlobId {
         let Ok(MetaReply::Intent(intent)) = self.op(MetaOp::AllocBlobs { handle: file, count: 1, bytes: len }) else { panic!() };
         let blob = intent.blobs[0];
@@ -553,21 +569,7 @@ fn repairs_go_to_the_most_endangered_blob_first() {
     t.must_add_stores(4);
     let d = t.must_mkdir(ROOT, "four");
     t.op(MetaOp::SetPolicy { handle: d.handle, policy: Policy::Replicas { copies: 4, write_quorum: 2 } }).unwrap();
-    let commit = |t: &mut T, name: &str, stores: Vec<StoreId>| {
-        let f = t.must_create(d.handle, name);
-        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
-        let blob = intent.blobs[0];
-        t.op(MetaOp::Commit(Commit {
-            handle: f.handle,
-            base_version: None,
-            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
-            size: 10,
-            mtime: t.now,
-            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores }],
-        }))
-        .unwrap();
-        blob
-    };
+    let commit = |t: &mut T, name: &str, stores: Vec<StoreId>| t.must_commit_on(d.handle, name, stores);
     // The older blob lacks one copy, the newer two.
     let short_one = commit(&mut t, "a", vec![StoreId(1), StoreId(2), StoreId(3)]);
     let short_two = commit(&mut t, "b", vec![StoreId(1), StoreId(2)]);
@@ -584,21 +586,7 @@ fn a_returning_server_keeps_live_blobs_it_holds_and_last_copies_and_a_tick_gap_f
     t.must_add_stores(4);
     let d = t.must_mkdir(ROOT, "one");
     t.op(MetaOp::SetPolicy { handle: d.handle, policy: Policy::Replicas { copies: 1, write_quorum: 1 } }).unwrap();
-    let commit = |t: &mut T, name: &str, stores: Vec<StoreId>| {
-        let f = t.must_create(d.handle, name);
-        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
-        let blob = intent.blobs[0];
-        t.op(MetaOp::Commit(Commit {
-            handle: f.handle,
-            base_version: None,
-            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
-            size: 10,
-            mtime: t.now,
-            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores }],
-        }))
-        .unwrap();
-        blob
-    };
+    let commit = |t: &mut T, name: &str, stores: Vec<StoreId>| t.must_commit_on(d.handle, name, stores);
     let only = commit(&mut t, "a", vec![StoreId(1)]);
     let elsewhere = commit(&mut t, "b", vec![StoreId(2)]);
     let holders = |t: &T, b: BlobId| crate::apply::load::<shoal_types::layout::BlobInfo>(&t.kv, Table::Blobs, &crate::kv::key::u64(b.0)).unwrap().stores;
