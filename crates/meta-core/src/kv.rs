@@ -159,6 +159,10 @@ impl MemKv {
     pub fn is_empty(&self) -> bool {
         self.tables.values().all(|t| t.is_empty())
     }
+    /// Every row, tables in [`TABLES`] order, keys in order: what a snapshot holds.
+    pub fn rows(&self) -> impl Iterator<Item = (Table, &[u8], &[u8])> {
+        self.tables.iter().flat_map(|(t, rows)| rows.iter().map(move |(k, v)| (*t, k.as_slice(), v.as_slice())))
+    }
 }
 
 /// Key builders. Every key is a concatenation of big-endian integers and raw name bytes.
