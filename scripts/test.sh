@@ -28,10 +28,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo build --release --bins </dev/null
 cargo nextest run --release --workspace --no-fail-fast </dev/null
-# Deterministic simulation: 200 seeds of a simulated cluster under crashes, partitions, message
-# loss and flipped bytes (about 2 minutes). A failing seed is printed with its replay command;
+# Deterministic simulation: 300 seeds of a simulated cluster under crashes, partitions, message
+# loss and flipped bytes (about 2.5 minutes). A failing seed is printed with its replay command;
 # `SHOAL_SIM_SEEDS=5000` runs the long mode.
-./target/release/shoal-sim --seeds "${SHOAL_SIM_SEEDS:-200}" </dev/null | tail -n 3
+./target/release/shoal-sim --seeds "${SHOAL_SIM_SEEDS:-300}" </dev/null | tail -n 3
 # Faults against a cluster spread over network namespaces (needs root): partitions, packet loss,
 # kill -9, SIGSTOP, a full disk, flipped bytes; prints a table and fails if a write was lost.
 if [ "$(id -u)" = 0 ] && ip netns add shoal-probe-$$ 2>/dev/null; then

@@ -56,6 +56,10 @@ pub struct Client {
     keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Storage servers that failed a request recently, and when: tried last for a while.
     suspects: Mutex<HashMap<StoreId, std::time::Instant>>,
+    /// Metadata nodes that did not answer recently, and when (by index in `meta`): a "not the
+    /// leader" hint naming one (a follower that has not yet heard of the election) is not
+    /// followed for [`UNREACHABLE_FOR`], since every try costs a connect timeout.
+    unreachable: Mutex<HashMap<usize, std::time::Instant>>,
     /// Blocks of blobs read before (a mount sets one; the CLI reads without).
     block_cache: std::sync::OnceLock<Arc<cache::BlockCache>>,
     /// The tickets every metadata request carries (none for a storage server's client).
@@ -68,6 +72,9 @@ pub const PROMISE_SHARE: f64 = 0.9;
 
 /// How long a storage server that failed a request is tried last.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// How long a metadata node that did not answer is not sent to on another node's hint.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 impl Drop for Client {
     fn drop(&mut self) {
@@ -148,6 +155,7 @@ impl Client {
             cred,
             keepalive: Mutex::new(None),
             suspects: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
             block_cache: std::sync::OnceLock::new(),
             tickets: None,
         })
@@ -241,6 +249,9 @@ impl Client {
             self.refresh_tickets(false).await?;
             // Each attempt carries a fresh authenticator: the server accepts each only once.
             let result: Result<(MetaWireResp, Bytes), _> = rpc.call(&self.wire(req.clone()), &[]).await;
+            if result.is_ok() {
+                self.unreachable.lock().expect("unreachable lock").remove(&idx);
+            }
             match result {
                 Ok((MetaWireResp::Client(Err(FsError::TicketExpired)), _)) if !renewed => {
                     renewed = true;
@@ -249,7 +260,7 @@ impl Client {
                 Ok((MetaWireResp::Client(Err(FsError::NotLeader { leader_hint })), _)) => {
                     let next = leader_hint
                         .and_then(|h| self.meta.iter().position(|(id, _)| *id == h))
-                        .filter(|&i| i != idx)
+                        .filter(|&i| i != idx && !self.recently_unreachable(i))
                         .unwrap_or((idx + 1) % self.meta.len());
                     self.leader.store(next, Ordering::Relaxed);
                     last_err = FsError::NotLeader { leader_hint };
@@ -277,12 +288,17 @@ impl Client {
                     if !matches!(last_err, FsError::Unavailable(ref m) if m.starts_with("no quorum")) {
                         last_err = e.into();
                     }
+                    self.unreachable.lock().expect("unreachable lock").insert(idx, std::time::Instant::now());
                     self.leader.store((idx + 1) % self.meta.len(), Ordering::Relaxed);
                     tokio::time::sleep(backoff(attempt).min(ELECTION_POLL)).await;
                 }
             }
         }
         Err(last_err)
+    }
+
+    fn recently_unreachable(&self, idx: usize) -> bool {
+        self.unreachable.lock().expect("unreachable lock").get(&idx).is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
     }
 
     pub(crate) fn suspect(&self, store: StoreId) {

@@ -17,6 +17,10 @@ pub(crate) const PROMISE_HORIZON_KEY: &[u8] = b"promise_horizon";
 pub(crate) const SCRUB_EPOCH_KEY: &[u8] = b"scrub_epoch";
 /// When the last tick was applied (cluster clock).
 const LAST_TICK_KEY: &[u8] = b"last_tick";
+/// When the current leader's first entry was applied. A heartbeat sent while the leaders
+/// changed may have gone to the old one (or timed out on its way there), so silence is counted
+/// from here at the earliest.
+const LEADER_SINCE_KEY: &[u8] = b"leader_since";
 /// Where the next heartbeat's look at the repair queue starts (a blob id).
 const REPAIR_CURSOR_KEY: &[u8] = b"repair_cursor";
 
@@ -37,7 +41,11 @@ pub fn apply<K: Kv>(kv: &mut K, cmd: &Command) -> MetaResponse {
     let mut sm = Sm { kv, now, counters, params: params.clone().unwrap_or_default() };
     let reply = match (&cmd.kind, params) {
         (CommandKind::Bootstrap(p), None) => sm.bootstrap(p.clone()),
-        (CommandKind::Bootstrap(_), Some(_)) => Ok(MetaReply::Ok),
+        (CommandKind::Bootstrap(_), Some(_)) => {
+            // Every new leader proposes it first: servers' silence is counted from here too.
+            store(sm.kv, Table::Meta, LEADER_SINCE_KEY, &sm.now);
+            Ok(MetaReply::Ok)
+        }
         (_, None) => Err(FsError::Unavailable("cluster not bootstrapped".into())),
         (CommandKind::Tick, Some(_)) => sm.tick(),
         (CommandKind::PromiseHorizon(h), Some(_)) => {
@@ -341,9 +349,10 @@ impl<K: Kv> Sm<'_, K> {
         if last_tick.is_none_or(|t| now - t > self.params.store_dead_after_ns) {
             return Ok(MetaReply::Ok);
         }
+        let leader_since = load::<TimeNs>(self.kv, Table::Meta, LEADER_SINCE_KEY).unwrap_or(0);
         for (k, v) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
             let Ok(mut rec) = codec::decode::<StoreRec>(&v) else { continue };
-            if now - rec.last_heartbeat <= self.params.store_dead_after_ns {
+            if now - rec.last_heartbeat.max(leader_since) <= self.params.store_dead_after_ns {
                 continue;
             }
             let id = key::read_u64(&k, 0);

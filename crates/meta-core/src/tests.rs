@@ -605,3 +605,35 @@ fn a_returning_server_keeps_live_blobs_it_holds_and_last_copies_and_a_tick_gap_f
     let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
     assert!(s.stores.iter().all(|st| st.alive), "{:?}", s.stores);
 }
+
+#[test]
+fn a_new_leader_gives_every_server_a_full_period_before_declaring_it_failed() {
+    let mut t = T::new();
+    t.must_add_stores(2);
+    let dead_after = Params::default().store_dead_after_ns;
+    let alive = |t: &T| {
+        let MetaReply::Status(s) = t.read(MetaOp::Status).unwrap() else { panic!() };
+        s.stores.iter().map(|st| st.alive).collect::<Vec<bool>>()
+    };
+    let beat = |t: &mut T, store: u64| {
+        let hb = StoreHeartbeat { store: StoreId(store), addr: format!("127.0.0.1:700{store}"), capacity: 1 << 30, used: 0, deleted: vec![], repaired: vec![] };
+        t.cmd(CommandKind::Request(t.req(MetaOp::StoreHeartbeat(hb)))).unwrap();
+    };
+    let tick_for = |t: &mut T, ns: i64, beating: &[u64]| {
+        for _ in 0..ns / 500_000_000 {
+            t.now += 500_000_000;
+            for s in beating {
+                beat(t, *s);
+            }
+            t.cmd(CommandKind::Tick).unwrap();
+        }
+    };
+    // Store 2 falls silent; most of its period passes, then the leader changes.
+    tick_for(&mut t, dead_after - 1_000_000_000, &[1]);
+    t.cmd(CommandKind::Bootstrap(Params::default())).unwrap();
+    tick_for(&mut t, dead_after - 1_000_000_000, &[1]);
+    assert_eq!(alive(&t), vec![true, true], "silence before the new leader counts from its start");
+    // A full period after the new leader's start it is failed.
+    tick_for(&mut t, 2_000_000_000, &[1]);
+    assert_eq!(alive(&t), vec![true, false]);
+}

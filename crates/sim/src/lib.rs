@@ -73,7 +73,7 @@ pub struct Outcome {
     /// Reads that found data unreadable for a moment (during a fault) and were tried again.
     pub unavailable: u64,
     pub faults: Vec<String>,
-    /// Chance per millisecond that a link breaks (what is in flight on it is lost).
+    /// Chance per message that its link breaks (what is in flight on it is lost).
     pub link_fail_rate: f64,
     pub sim_secs: f64,
     pub terms: usize,
@@ -105,7 +105,8 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
         .max_message_latency(Duration::from_millis(8))
         .repair_rate(0.05)
         .build();
-    // Message loss: links break at random (dropping what is in flight) and mend after ~20 ms.
+    // Message loss: a message breaks its link with this chance (dropping what is in flight on
+    // it); each later message on a broken link mends it with a chance of 1 in 20.
     let loss = if o.faults {
         [0.0, 0.0002, 0.0005, 0.001][rng.gen_range(0..4)]
     } else {
@@ -195,7 +196,8 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
                     )
                 })
                 .collect();
-            eprintln!("{:?} {}", now, v.join(" "));
+            let running: Vec<bool> = (1..=METAS).map(|i| sim.is_host_running(meta::host(i))).collect();
+            eprintln!("{:?} {} running {running:?}", now, v.join(" "));
         }
         for slot in [&mut meta_fault, &mut store_fault] {
             if slot.as_ref().is_some_and(|(_, until)| now >= *until) {
@@ -254,7 +256,13 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
             break;
         }
     }
+    // Heal: no more link breaks, every broken link mended, every fault ended.
     sim.set_fail_rate(0.0);
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            sim.repair(a.as_str(), b.as_str());
+        }
+    }
     for f in [meta_fault.take(), store_fault.take()]
         .into_iter()
         .flatten()

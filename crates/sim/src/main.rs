@@ -52,7 +52,7 @@ fn main() {
                 acked += out.acked;
                 reads += out.reads_checked;
                 println!(
-                    "seed {seed}: ok in {:.1} s ({:.0} simulated s, {} faults, link loss {}/ms, {} terms, {} writes acknowledged, {} reads checked, {} retried while unavailable, digest {:08x})",
+                    "seed {seed}: ok in {:.1} s ({:.0} simulated s, {} faults, link breaks {}/message, {} terms, {} writes acknowledged, {} reads checked, {} retried while unavailable, digest {:08x})",
                     t.elapsed().as_secs_f64(),
                     out.sim_secs,
                     out.faults.len(),

@@ -94,18 +94,15 @@ impl Observer {
         self.lock().stores.insert(id, store);
     }
 
-    /// The applied state of the node that currently leads, with its metrics.
-    pub fn leader(
-        &self,
-    ) -> Option<(
-        u64,
-        Arc<Mutex<SmState>>,
-        RaftMetrics<u64, openraft::BasicNode>,
-    )> {
+    /// The applied state of the node that currently leads, with its metrics: of the nodes that
+    /// think they lead, the one of the highest term (a leader cut off from the others goes on
+    /// thinking so until it hears of a later term).
+    pub fn leader(&self) -> Option<(u64, Arc<Mutex<SmState>>, RaftMetrics<u64, openraft::BasicNode>)> {
         let s = self.lock();
-        s.metas.iter().find_map(|(id, (state, m))| {
-            let m = m.borrow().clone();
-            (m.state == ServerState::Leader).then(|| (*id, state.clone(), m))
-        })
+        s.metas
+            .iter()
+            .map(|(id, (state, m))| (*id, state.clone(), m.borrow().clone()))
+            .filter(|(_, _, m)| m.state == ServerState::Leader)
+            .max_by_key(|(_, _, m)| m.current_term)
     }
 }

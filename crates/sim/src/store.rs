@@ -31,7 +31,12 @@ pub struct MetaClient {
     metas: u64,
     next: u64,
     pub session: SessionId,
+    /// Nodes that did not answer, and when: a hint naming one is not followed for a while (as
+    /// the real client does).
+    unreachable: std::collections::BTreeMap<u64, tokio::time::Instant>,
 }
+
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 impl MetaClient {
     pub fn new(metas: u64, start: u64) -> MetaClient {
@@ -39,12 +44,19 @@ impl MetaClient {
             metas,
             next: start % metas + 1,
             session: SessionId(0),
+            unreachable: Default::default(),
         }
     }
 
     fn move_on(&mut self, hint: Option<MetaNodeId>) {
         self.next = match hint {
-            Some(h) if h.0 != self.next && (1..=self.metas).contains(&h.0) => h.0,
+            Some(h)
+                if h.0 != self.next
+                    && (1..=self.metas).contains(&h.0)
+                    && self.unreachable.get(&h.0).is_none_or(|at| at.elapsed() >= UNREACHABLE_FOR) =>
+            {
+                h.0
+            }
             _ => self.next % self.metas + 1,
         };
     }
@@ -77,7 +89,10 @@ impl MetaClient {
                 }
                 Ok(Reply::Meta(Err(FsError::Unavailable(_)))) => self.move_on(None),
                 Ok(Reply::Meta(r)) => return Some(r),
-                _ => self.move_on(None),
+                _ => {
+                    self.unreachable.insert(self.next, tokio::time::Instant::now());
+                    self.move_on(None)
+                }
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
         }

@@ -101,10 +101,10 @@ pub mod defaults {
         100
     }
     pub fn election_timeout_min_ms() -> u64 {
-        400
+        200
     }
     pub fn election_timeout_max_ms() -> u64 {
-        800
+        400
     }
     pub fn session_lease_ms() -> u64 {
         60_000
