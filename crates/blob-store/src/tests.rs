@@ -9,7 +9,6 @@ use shoal_types::{BlobId, FsError};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 const BS: u64 = BLOCK_SIZE;
 const SIZES: [u64; 6] = [0, 1, BS - 1, BS, BS + 1, (3 << 20) + 7];
@@ -603,43 +602,5 @@ proptest! {
         prop_assert_eq!(BlobHeader::decode(BlobId(id), &raw).unwrap(), header);
         raw[flip] ^= 0x10;
         prop_assert!(BlobHeader::decode(BlobId(id), &raw).is_err());
-    }
-}
-
-/// Throughput of a 64 MiB put and get on the real disk. Run with
-/// `cargo test --release -p shoal-blob-store -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement, not a test: run by hand with --ignored --nocapture (see the doc comment)"]
-fn perf_64_mib_real_disk() {
-    let env = RealEnv::new();
-    let store = env.open(0);
-    let data = pattern(64, 64 << 20);
-    let crc = crc32c::crc32c(&data);
-    for i in 0..3u64 {
-        let blob = BlobId(i);
-        let start = Instant::now();
-        store.put(blob, &data, crc).unwrap();
-        let put = start.elapsed();
-        let start = Instant::now();
-        let back = store.get(blob, 0, u64::MAX).unwrap();
-        let get = start.elapsed();
-        let start = Instant::now();
-        store.verify(blob).unwrap();
-        let verify = start.elapsed();
-        assert!(back == data);
-        // The server's path: a reused buffer, so no page faults on fresh memory.
-        let mut buf = back;
-        let start = Instant::now();
-        store.read_into(blob, 0, &mut buf).unwrap();
-        let read_into = start.elapsed();
-        let mib_s = |d: std::time::Duration| 64.0 / d.as_secs_f64();
-        println!(
-            "64 MiB: put {put:?} ({:.0} MiB/s), get {get:?} ({:.0} MiB/s), read_into {read_into:?} ({:.0} MiB/s), \
-             verify {verify:?} ({:.0} MiB/s)",
-            mib_s(put),
-            mib_s(get),
-            mib_s(read_into),
-            mib_s(verify)
-        );
     }
 }

@@ -19,9 +19,10 @@ pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize, files: 
     let data: Arc<Vec<u8>> = Arc::new((0..bytes).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect());
     let single = shoal_types::Policy::Replicas { copies: 1, write_quorum: 1 };
     let (mut tls1, mut tls3, mut put1, mut put3, mut get) = (vec![], vec![], vec![], vec![], vec![]);
-    let mut disk = vec![];
+    let (mut disk, mut store_alone) = (vec![], vec![]);
     for round in 0..rounds.max(1) {
         disk.push(disk_write(dir, &data).await?);
+        store_alone.push(blob_store_put(dir, &data).await?);
         tls1.push(bare_tls(dir, bytes, 1).await?);
         tls3.push(bare_tls(dir, bytes, 3).await?);
         for (copies, out) in [(1, &mut put1), (3, &mut put3)] {
@@ -42,8 +43,13 @@ pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize, files: 
         }
     }
     let (tls1, tls3, put1, put3, get) = (median(tls1), median(tls3), median(put1), median(put3), median(get));
-    let disk = median(disk);
+    let (disk, store_alone) = (median(disk), median(store_alone));
     rows.push(("local disk, 16 MiB files with fsync, MB/s".into(), disk, "the bound of every durable write".into()));
+    rows.push((
+        "blob store alone, 16 MiB puts with fsync, MB/s".into(),
+        store_alone,
+        format!("{:.2}x of the local disk row: CRC table, header, data, fsync, rename, directory fsync", store_alone / disk),
+    ));
     rows.push(("bare rustls stream, MB/s".into(), tls1, "1 stream".into()));
     rows.push(("bare rustls, 3 streams together, MB/s".into(), tls3, format!("{:.0} MB/s per stream", tls3 / 3.0)));
     rows.push(("put, 1 copy, MB/s".into(), put1, format!("{:.2}x of 1 bare stream, {:.2}x of the disk", put1 / tls1, put1 / disk)));
@@ -130,6 +136,24 @@ async fn disk_write(dir: &Path, data: &Arc<Vec<u8>>) -> Result<f64> {
             f.sync_all()?;
         }
         let rate = mbps(data.len() as u64, t.elapsed());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(rate)
+    })
+    .await?
+}
+
+/// The storage server's durable put without the network: `BlobStore::put` of 16 MiB blobs
+/// (the client's blob size) on the local disk, in a scratch store under `dir`.
+async fn blob_store_put(dir: &Path, data: &Arc<Vec<u8>>) -> Result<f64> {
+    let (dir, data) = (dir.join("bench-blob-store"), data.clone());
+    tokio::task::spawn_blocking(move || -> Result<f64> {
+        let store = shoal_blob_store::BlobStore::open(shoal_blob_store::RealDisk, dir.clone(), 0)?;
+        let t = Instant::now();
+        for (i, piece) in data.chunks(shoal_client::data::BLOB_BYTES as usize).enumerate() {
+            store.put(shoal_types::BlobId(i as u64 + 1), piece, crc32c::crc32c(piece))?;
+        }
+        let rate = mbps(data.len() as u64, t.elapsed());
+        drop(store);
         std::fs::remove_dir_all(&dir)?;
         Ok(rate)
     })

@@ -28,6 +28,8 @@ pub const WATCH_WAIT: Duration = Duration::from_secs(1);
 /// why (it is on the minority side of a partition, or its peers are down), instead of letting
 /// them wait for a commit that cannot come.
 pub const QUORUM_LOST_AFTER: Duration = Duration::from_millis(1500);
+/// How often a request waiting on a leader checks that it still has its majority.
+const QUORUM_POLL: Duration = Duration::from_millis(100);
 /// A promise horizon is renewed when it covers less than a lease plus this.
 pub const HORIZON_MARGIN: Duration = Duration::from_millis(500);
 
@@ -211,7 +213,10 @@ impl MetaService {
     }
 
     async fn read_now(&self, req: MetaRequest) -> MetaResponse {
-        self.read_barrier().await?;
+        tokio::select! {
+            r = self.read_barrier() => r?,
+            e = self.quorum_lost() => return Err(e),
+        }
         let db = self.db.clone();
         let is_status = matches!(req.op, MetaOp::Status);
         let mut reply = tokio::task::spawn_blocking(move || {
@@ -273,7 +278,14 @@ impl MetaService {
         }
         let is_heartbeat = matches!(req.op, MetaOp::StoreHeartbeat(_));
         let (writer, invalidates) = (req.session, req.op.invalidates());
-        let mut reply = self.propose(CommandKind::Request(req)).await?;
+        // A request that arrived while this leader still had its majority but lost it while
+        // waiting is refused as soon as the loss shows, not left to the client's timeout: the
+        // client retries elsewhere with the same sequence number, so whether or not this
+        // proposal ever commits, it takes effect once.
+        let mut reply = tokio::select! {
+            r = self.propose(CommandKind::Request(req)) => r?,
+            e = self.quorum_lost() => return Err(e),
+        };
         self.call_back(writer, &invalidates).await;
         if is_heartbeat {
             if let MetaReply::StoreOrders(orders) = &mut reply {
@@ -309,6 +321,17 @@ impl MetaService {
         match self.propose(CommandKind::PromiseHorizon(horizon)).await {
             Ok(_) => self.promises.horizon_recorded(until, watchers),
             Err(e) => tracing::debug!("promise horizon not committed: {e}"),
+        }
+    }
+
+    /// Resolves with the refusal once this node leads without a majority (see
+    /// [`Self::without_quorum`]); never resolves while it has one.
+    async fn quorum_lost(&self) -> FsError {
+        loop {
+            tokio::time::sleep(QUORUM_POLL).await;
+            if let Some(e) = self.without_quorum() {
+                return e;
+            }
         }
     }
 

@@ -4,7 +4,8 @@
 //! storage servers (the real blob store of `shoal-blob-store` on a simulated disk) and clients run
 //! as turmoil hosts: simulated time, a simulated network, one thread. A seeded schedule crashes
 //! and restarts processes (a crash loses every write not synced), cuts hosts off (partitions,
-//! including a 2|1 split of the metadata nodes) and flips bytes in stored blocks while the
+//! including a 2|1 split of the metadata nodes), holds a host's messages and delivers them
+//! late (a paused process), breaks links at random and flips bytes in stored blocks while the
 //! clients write, rename, remove and read files. Checked during the run: at most one leader per
 //! term, every read consistent with the history (linearizable), every rename and unlink of an
 //! existing name succeeding. Checked after healing: every blob back to full protection, every
@@ -83,6 +84,9 @@ pub struct Outcome {
 enum Fault {
     Crash { host: String },
     Cut { host: String },
+    /// Everything to and from the host is held, then delivered late: a paused process (or a
+    /// very slow link) as its peers see it.
+    Hold { host: String },
 }
 
 fn all_hosts(clients: u64) -> Vec<String> {
@@ -167,6 +171,13 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
                 }
             }
         }
+        Fault::Hold { host } => {
+            for other in &hosts {
+                if *other != host {
+                    sim.release(host.as_str(), other.as_str());
+                }
+            }
+        }
     };
     loop {
         let finished = sim.step().map_err(|e| format!("simulation error: {e}"))?;
@@ -208,7 +219,7 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
         if o.faults && now >= next_fault && now + Duration::from_secs(3) < workload {
             next_fault = now + Duration::from_millis(rng.gen_range(800..3000));
             let lasts = Duration::from_millis(rng.gen_range(300..5000));
-            let kind = rng.gen_range(0..6);
+            let kind = rng.gen_range(0..7);
             let what = match kind {
                 0 | 1 if meta_fault.is_none() => {
                     let id = rng.gen_range(1..=METAS);
@@ -243,6 +254,23 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
                     Some(what) => what,
                     None => continue,
                 },
+                5 => {
+                    let (host, slot) = if rng.gen_bool(0.5) {
+                        (meta::host(rng.gen_range(1..=METAS)), &mut meta_fault)
+                    } else {
+                        (store::host(rng.gen_range(1..=STORES)), &mut store_fault)
+                    };
+                    if slot.is_some() {
+                        continue;
+                    }
+                    for other in &hosts {
+                        if *other != host {
+                            sim.hold(host.as_str(), other.as_str());
+                        }
+                    }
+                    *slot = Some((Fault::Hold { host: host.clone() }, now + lasts));
+                    format!("hold every message of {host}")
+                }
                 _ => continue,
             };
             observer.event(&what);
@@ -377,10 +405,17 @@ fn protection_gap(observer: &Observer) -> Option<String> {
 /// acknowledged write readable, the metadata replicas identical.
 async fn final_check(clients: u64, hist: SharedHistory, observer: Observer) -> turmoil::Result {
     let deadline = turmoil::elapsed() + HEAL_PATIENCE;
+    // Full protection, then a whole scrub pass on every server (a copy corrupted just before
+    // the end is found by it, as `shoal scrub --wait` would), then full protection again.
+    let mut scrubbed = false;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         match protection_gap(&observer) {
-            None => break,
+            None if scrubbed => break,
+            None => {
+                tokio::time::sleep(store::SCRUB_EVERY * 2 + Duration::from_secs(1)).await;
+                scrubbed = true;
+            }
             Some(why) if turmoil::elapsed() > deadline => {
                 return Err(format!(
                     "not back to full protection {HEAL_PATIENCE:?} after healing: {why}"

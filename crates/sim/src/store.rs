@@ -16,7 +16,8 @@ use std::time::Duration;
 
 pub const CAPACITY: u64 = 256 << 20;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-const SCRUB_EVERY: Duration = Duration::from_secs(2);
+/// Each server verifies every blob it holds this often (and reports corrupt copies).
+pub const SCRUB_EVERY: Duration = Duration::from_secs(2);
 
 pub fn host(id: u64) -> String {
     format!("store-{id}")
