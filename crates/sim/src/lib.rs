@@ -108,6 +108,9 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(8))
         .repair_rate(0.05)
+        // Room for every connection attempt a held host's peers make (turmoil's default of 64
+        // overflows, and it panics, when a long hold is released).
+        .tcp_capacity(1 << 16)
         .build();
     // Message loss: a message breaks its link with this chance (dropping what is in flight on
     // it); each later message on a broken link mends it with a chance of 1 in 20.
