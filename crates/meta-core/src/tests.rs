@@ -90,23 +90,17 @@ impl T {
     /// A new 10-byte file `name` in `dir` whose one blob is committed as held by `stores`.
     fn must_commit_on(&mut self, dir: FileHandle, name: &str, stores: Vec<StoreId>) -> BlobId {
         let f = self.must_create(dir, name);
-        let Ok(MetaReply::Intent(intent)) = self.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
-        let blob = intent.blobs[0];
-        self.op(MetaOp::Commit(Commit {
-            handle: f.handle,
-            base_version: None,
-            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
-            size: 10,
-            mtime: self.now,
-            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores }],
-        }))
-        .unwrap();
-        blob
+        self.must_write_to(f.handle, 10, Some(stores))
     }
     fn must_write(&mut self, file: FileHandle, len: u64) -> BlobId {
+        self.must_write_to(file, len, None)
+    }
+    /// Commit one new blob of `len` bytes as `file`'s content, held by `stores` (by default the
+    /// intent's first three targets).
+    fn must_write_to(&mut self, file: FileHandle, len: u64, stores: Option<Vec<StoreId>>) -> BlobId {
         let Ok(MetaReply::Intent(intent)) = self.op(MetaOp::AllocBlobs { handle: file, count: 1, bytes: len }) else { panic!() };
         let blob = intent.blobs[0];
-        let stores = intent.targets.iter().take(3).map(|t| t.store).collect();
+        let stores = stores.unwrap_or_else(|| intent.targets.iter().take(3).map(|t| t.store).collect());
         self.op(MetaOp::Commit(Commit {
             handle: file,
             base_version: None,

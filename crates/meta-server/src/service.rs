@@ -28,7 +28,7 @@ pub const WATCH_WAIT: Duration = Duration::from_secs(1);
 /// why (it is on the minority side of a partition, or its peers are down), instead of letting
 /// them wait for a commit that cannot come.
 pub const QUORUM_LOST_AFTER: Duration = Duration::from_millis(1500);
-/// How often a request waiting on a leader checks that it still has its majority.
+/// How often the leader checks that it still has its majority, for the requests waiting on it.
 const QUORUM_POLL: Duration = Duration::from_millis(100);
 /// A promise horizon is renewed when it covers less than a lease plus this.
 pub const HORIZON_MARGIN: Duration = Duration::from_millis(500);
@@ -44,12 +44,14 @@ pub struct MetaService {
     reads: mpsc::Sender<ReadWaiter>,
     promises: Promises,
     read_lease: Arc<ReadLease>,
+    /// True while this node leads without a majority (one watcher for all waiting requests).
+    quorum_lost: tokio::sync::watch::Receiver<bool>,
     pub auth: crate::auth::Auth,
 }
 
 /// How long after a leadership check was *sent* its result may serve reads without another.
 /// Followers refuse to vote for anyone else for openraft's leader lease (the maximum election
-/// timeout, 800 ms by default) after they last heard from this leader, and a node does not
+/// timeout, 400 ms by default) after they last heard from this leader, and a node does not
 /// elect itself in that time either, so no other leader can commit anything within it; this
 /// window stays well inside (clocks here only need to run at similar rates).
 pub const READ_LEASE_MAX: Duration = Duration::from_millis(250);
@@ -94,7 +96,9 @@ impl MetaService {
         tokio::spawn(read_gate(raft.clone(), rrx, read_lease.clone()));
         let promises = Promises::new(Duration::from_millis(config.callback_lease_ms.max(1)));
         let auth = crate::auth::Auth::new(keys, config, db.clone());
-        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises, read_lease, auth })
+        let (lost_tx, quorum_lost) = tokio::sync::watch::channel(false);
+        tokio::spawn(quorum_watch(raft.clone(), lost_tx));
+        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises, read_lease, quorum_lost, auth })
     }
 
     /// Propose a command through the batcher and wait for its reply.
@@ -325,31 +329,18 @@ impl MetaService {
     }
 
     /// Resolves with the refusal once this node leads without a majority (see
-    /// [`Self::without_quorum`]); never resolves while it has one.
+    /// [`without_quorum`]); never resolves while it has one.
     async fn quorum_lost(&self) -> FsError {
-        loop {
-            tokio::time::sleep(QUORUM_POLL).await;
-            if let Some(e) = self.without_quorum() {
-                return e;
-            }
+        let mut lost = self.quorum_lost.clone();
+        if lost.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await; // The watcher stops only with the runtime.
         }
+        self.without_quorum().unwrap_or_else(|| FsError::Unavailable("no quorum: the metadata leader lost its majority".into()))
     }
 
-    /// The refusal a leader cut off from a majority gives (openraft's metrics say when a
-    /// majority last acknowledged it, refreshed at each of its heartbeat ticks).
     fn without_quorum(&self) -> Option<FsError> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let since = m.millis_since_quorum_ack.filter(|_| m.current_leader == Some(m.id))?;
-        let voters = m.membership_config.membership().voter_ids().count();
-        (since > QUORUM_LOST_AFTER.as_millis() as u64).then(|| {
-            FsError::Unavailable(format!(
-                "no quorum: this metadata leader has not heard from a majority of its {voters} nodes for {:.1} s, so nothing can commit until they are back",
-                since as f64 / 1e3
-            ))
-        })
+        without_quorum(&self.raft)
     }
-
     fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.current_leader == Some(m.id)
@@ -396,6 +387,34 @@ fn not_leader(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> 
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => FsError::NotLeader { leader_hint: f.leader_id.map(MetaNodeId) },
         other => FsError::Unavailable(other.to_string()),
+    }
+}
+
+/// The refusal a leader cut off from a majority gives (openraft's metrics say when a majority
+/// last acknowledged it, refreshed at each of its heartbeat ticks).
+fn without_quorum(raft: &MetaRaft) -> Option<FsError> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let since = m.millis_since_quorum_ack.filter(|_| m.current_leader == Some(m.id))?;
+    let voters = m.membership_config.membership().voter_ids().count();
+    (since > QUORUM_LOST_AFTER.as_millis() as u64).then(|| {
+        FsError::Unavailable(format!(
+            "no quorum: this metadata leader has not heard from a majority of its {voters} nodes for {:.1} s, so nothing can commit until they are back",
+            since as f64 / 1e3
+        ))
+    })
+}
+
+/// Publish whether this node leads without a majority, so requests waiting on it are refused
+/// when it loses one (checked every [`QUORUM_POLL`]).
+async fn quorum_watch(raft: MetaRaft, lost: tokio::sync::watch::Sender<bool>) {
+    loop {
+        tokio::time::sleep(QUORUM_POLL).await;
+        let now_lost = without_quorum(&raft).is_some();
+        lost.send_if_modified(|l| std::mem::replace(l, now_lost) != now_lost);
+        if lost.is_closed() {
+            return;
+        }
     }
 }
 

@@ -6,15 +6,17 @@
 //! after one that overlapped it). Every acknowledged write is remembered for the final check.
 
 use crate::meta::now_ns;
-use crate::store::{MetaClient, CAPACITY};
+use crate::store::CAPACITY;
 use crate::wire::{self, Msg, Reply};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shoal_types::attr::FileKind;
+use shoal_types::attr::{Credentials, FileKind};
 use shoal_types::error::FsError;
-use shoal_types::ids::{FileHandle, SessionId};
+use shoal_types::ids::{FileHandle, MetaNodeId, SessionId};
 use shoal_types::layout::{Slice, CHUNK_SIZE};
-use shoal_types::meta_msg::{ChunkUpdate, Commit, MetaOp, MetaReply, NewBlob};
+use shoal_types::meta_msg::{
+    ChunkUpdate, Commit, MetaOp, MetaReply, MetaRequest, MetaResponse, NewBlob,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,6 +137,84 @@ impl SharedHistory {
                 "read of {name} sent at {start:?} saw {seen:?}; possible: {candidates:?}"
             ))
         }
+    }
+}
+
+/// Requests to the metadata service, following "not the leader" hints.
+pub struct MetaClient {
+    metas: u64,
+    next: u64,
+    pub session: SessionId,
+    /// Nodes that did not answer, and when: a hint naming one is not followed for a while (as
+    /// the real client does).
+    unreachable: std::collections::BTreeMap<u64, tokio::time::Instant>,
+}
+
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+impl MetaClient {
+    pub fn new(metas: u64, start: u64) -> MetaClient {
+        MetaClient {
+            metas,
+            next: start % metas + 1,
+            session: SessionId(0),
+            unreachable: Default::default(),
+        }
+    }
+
+    fn move_on(&mut self, hint: Option<MetaNodeId>) {
+        self.next = match hint {
+            Some(h)
+                if h.0 != self.next
+                    && (1..=self.metas).contains(&h.0)
+                    && self
+                        .unreachable
+                        .get(&h.0)
+                        .is_none_or(|at| at.elapsed() >= UNREACHABLE_FOR) =>
+            {
+                h.0
+            }
+            _ => self.next % self.metas + 1,
+        };
+    }
+
+    /// Send the next request to the next node first.
+    pub fn rotate(&mut self) {
+        self.move_on(None);
+    }
+
+    /// Send `op` (with `seq` for exactly-once, 0 for none) until a node gives an answer that is
+    /// not "not the leader" or "unavailable", for at most `patience`. `None`: no answer.
+    pub async fn call(&mut self, seq: u64, op: MetaOp, patience: Duration) -> Option<MetaResponse> {
+        let req = MetaRequest {
+            session: self.session,
+            seq,
+            cred: Credentials::ROOT,
+            op,
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        while tokio::time::Instant::now() < deadline {
+            match wire::call(
+                &crate::meta::host(self.next),
+                &Msg::Meta(req.clone()),
+                Duration::from_secs(1),
+            )
+            .await
+            {
+                Ok(Reply::Meta(Err(FsError::NotLeader { leader_hint }))) => {
+                    self.move_on(leader_hint)
+                }
+                Ok(Reply::Meta(Err(FsError::Unavailable(_)))) => self.move_on(None),
+                Ok(Reply::Meta(r)) => return Some(r),
+                _ => {
+                    self.unreachable
+                        .insert(self.next, tokio::time::Instant::now());
+                    self.move_on(None)
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        None
     }
 }
 

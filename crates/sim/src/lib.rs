@@ -82,11 +82,17 @@ pub struct Outcome {
 
 /// A fault in force, healed at `until`.
 enum Fault {
-    Crash { host: String },
-    Cut { host: String },
+    Crash {
+        host: String,
+    },
+    Cut {
+        host: String,
+    },
     /// Everything to and from the host is held, then delivered late: a paused process (or a
     /// very slow link) as its peers see it.
-    Hold { host: String },
+    Hold {
+        host: String,
+    },
 }
 
 fn all_hosts(clients: u64) -> Vec<String> {
@@ -167,20 +173,8 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
     let mut next_fault = Duration::from_secs(3);
     let heal = |sim: &mut turmoil::Sim, f: Fault| match f {
         Fault::Crash { host } => sim.bounce(host),
-        Fault::Cut { host } => {
-            for other in &hosts {
-                if *other != host {
-                    sim.repair(host.as_str(), other.as_str());
-                }
-            }
-        }
-        Fault::Hold { host } => {
-            for other in &hosts {
-                if *other != host {
-                    sim.release(host.as_str(), other.as_str());
-                }
-            }
-        }
+        Fault::Cut { host } => each_link(&hosts, &host, |a, b| sim.repair(a, b)),
+        Fault::Hold { host } => each_link(&hosts, &host, |a, b| sim.release(a, b)),
     };
     loop {
         let finished = sim.step().map_err(|e| format!("simulation error: {e}"))?;
@@ -210,7 +204,9 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
                     )
                 })
                 .collect();
-            let running: Vec<bool> = (1..=METAS).map(|i| sim.is_host_running(meta::host(i))).collect();
+            let running: Vec<bool> = (1..=METAS)
+                .map(|i| sim.is_host_running(meta::host(i)))
+                .collect();
             eprintln!("{:?} {} running {running:?}", now, v.join(" "));
         }
         for slot in [&mut meta_fault, &mut store_fault] {
@@ -224,55 +220,60 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
             let lasts = Duration::from_millis(rng.gen_range(300..5000));
             let kind = rng.gen_range(0..7);
             let what = match kind {
-                0 | 1 if meta_fault.is_none() => {
-                    let id = rng.gen_range(1..=METAS);
-                    let host = meta::host(id);
-                    if kind == 0 {
-                        sim.crash(host.as_str());
-                        observer.lock().metas.remove(&id);
-                        meta_fault = Some((Fault::Crash { host: host.clone() }, now + lasts));
-                        format!("crash {host}")
-                    } else {
-                        cut(&mut sim, &hosts, &host);
-                        meta_fault = Some((Fault::Cut { host: host.clone() }, now + lasts));
-                        format!("cut off {host}")
-                    }
-                }
-                2 | 3 if store_fault.is_none() => {
-                    let id = rng.gen_range(1..=STORES);
-                    let host = store::host(id);
-                    if kind == 2 {
-                        sim.crash(host.as_str());
-                        store_disks[(id - 1) as usize].crash();
-                        observer.lock().stores.remove(&id);
-                        store_fault = Some((Fault::Crash { host: host.clone() }, now + lasts));
-                        format!("crash {host}")
-                    } else {
-                        cut(&mut sim, &hosts, &host);
-                        store_fault = Some((Fault::Cut { host: host.clone() }, now + lasts));
-                        format!("cut off {host}")
-                    }
-                }
                 4 => match corrupt_one(&observer, &store_disks, &mut rng) {
                     Some(what) => what,
                     None => continue,
                 },
-                5 => {
-                    let (host, slot) = if rng.gen_bool(0.5) {
-                        (meta::host(rng.gen_range(1..=METAS)), &mut meta_fault)
-                    } else {
-                        (store::host(rng.gen_range(1..=STORES)), &mut store_fault)
+                0..=3 | 5 => {
+                    // 0 crash, 1 cut off, 5 hold: a metadata node; 2 crash, 3 cut off, 5 hold:
+                    // a storage server. At most one fault of each kind of node at a time.
+                    let is_meta = match kind {
+                        0 | 1 => true,
+                        2 | 3 => false,
+                        _ => rng.gen_bool(0.5),
                     };
+                    let slot = if is_meta {
+                        &mut meta_fault
+                    } else {
+                        &mut store_fault
+                    };
+                    if slot.is_some() && kind != 5 {
+                        continue;
+                    }
+                    let id = rng.gen_range(1..=if is_meta { METAS } else { STORES });
                     if slot.is_some() {
                         continue;
                     }
-                    for other in &hosts {
-                        if *other != host {
-                            sim.hold(host.as_str(), other.as_str());
+                    let host = if is_meta {
+                        meta::host(id)
+                    } else {
+                        store::host(id)
+                    };
+                    let (fault, what) = match kind {
+                        0 | 2 => {
+                            sim.crash(host.as_str());
+                            if is_meta {
+                                observer.lock().metas.remove(&id);
+                            } else {
+                                store_disks[(id - 1) as usize].crash();
+                                observer.lock().stores.remove(&id);
+                            }
+                            (Fault::Crash { host: host.clone() }, format!("crash {host}"))
                         }
-                    }
-                    *slot = Some((Fault::Hold { host: host.clone() }, now + lasts));
-                    format!("hold every message of {host}")
+                        1 | 3 => {
+                            each_link(&hosts, &host, |a, b| sim.partition(a, b));
+                            (Fault::Cut { host: host.clone() }, format!("cut off {host}"))
+                        }
+                        _ => {
+                            each_link(&hosts, &host, |a, b| sim.hold(a, b));
+                            (
+                                Fault::Hold { host: host.clone() },
+                                format!("hold every message of {host}"),
+                            )
+                        }
+                    };
+                    *slot = Some((fault, now + lasts));
+                    what
                 }
                 _ => continue,
             };
@@ -332,11 +333,11 @@ pub fn run(o: &Options) -> Result<Outcome, String> {
     })
 }
 
-/// Cut `host` off from every other host.
-fn cut(sim: &mut turmoil::Sim, hosts: &[String], host: &str) {
+/// Apply `f` to the link between `host` and every other host.
+fn each_link(hosts: &[String], host: &str, mut f: impl FnMut(&str, &str)) {
     for other in hosts {
         if other != host {
-            sim.partition(host, other.as_str());
+            f(host, other.as_str());
         }
     }
 }
@@ -359,7 +360,7 @@ fn corrupt_one(observer: &Observer, disks: &[MemDisk], rng: &mut StdRng) -> Opti
         return None;
     }
     let len = store.len_of(blob).ok()?;
-    let offset = HEADER_BYTES as u64 + rng.gen_range(0..len.max(1));
+    let offset = HEADER_BYTES + rng.gen_range(0..len.max(1));
     disks[(id - 1) as usize]
         .corrupt(&store.blob_path(blob), offset)
         .ok()?;

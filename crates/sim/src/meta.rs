@@ -418,10 +418,10 @@ impl RaftNetworkFactory<SimConfig> for Network {
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
 
-fn unexpected<E: std::error::Error>(r: Reply) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
-        "unexpected reply {r:?}"
-    ))))
+fn unexpected<E: std::error::Error>() -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        "a reply of another kind than the request",
+    )))
 }
 
 fn remote<T, E: std::error::Error>(
@@ -431,17 +431,36 @@ fn remote<T, E: std::error::Error>(
     r.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
 }
 
+impl Peer {
+    /// Send `msg` and take its answer out of the reply with `answer` (`None`: a reply of
+    /// another kind).
+    async fn rpc<T, E: std::error::Error>(
+        &self,
+        msg: Msg,
+        ttl: Duration,
+        answer: impl FnOnce(Reply) -> Option<Result<T, RaftError<u64, E>>>,
+    ) -> RpcResult<T, E> {
+        match wire::call(&self.host, &msg, ttl).await {
+            Ok(reply) => match answer(reply) {
+                Some(r) => remote(self.target, r),
+                None => Err(unexpected()),
+            },
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+        }
+    }
+}
+
 impl RaftNetwork<SimConfig> for Peer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<SimConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        match wire::call(&self.host, &Msg::Append(rpc), option.hard_ttl()).await {
-            Ok(Reply::Append(r)) => remote(self.target, r),
-            Ok(other) => Err(unexpected(other)),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
-        }
+        self.rpc(Msg::Append(rpc), option.hard_ttl(), |r| match r {
+            Reply::Append(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -449,11 +468,11 @@ impl RaftNetwork<SimConfig> for Peer {
         rpc: InstallSnapshotRequest<SimConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        match wire::call(&self.host, &Msg::Snapshot(rpc), option.hard_ttl()).await {
-            Ok(Reply::Snapshot(r)) => remote(self.target, r),
-            Ok(other) => Err(unexpected(other)),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
-        }
+        self.rpc(Msg::Snapshot(rpc), option.hard_ttl(), |r| match r {
+            Reply::Snapshot(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -461,11 +480,11 @@ impl RaftNetwork<SimConfig> for Peer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        match wire::call(&self.host, &Msg::Vote(rpc), option.hard_ttl()).await {
-            Ok(Reply::Vote(r)) => remote(self.target, r),
-            Ok(other) => Err(unexpected(other)),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
-        }
+        self.rpc(Msg::Vote(rpc), option.hard_ttl(), |r| match r {
+            Reply::Vote(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 }
 

@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// A leading node: its id, applied state and metrics.
+pub type LeaderView = (
+    u64,
+    Arc<Mutex<SmState>>,
+    RaftMetrics<u64, openraft::BasicNode>,
+);
+
 pub type Metrics = watch::Receiver<RaftMetrics<u64, openraft::BasicNode>>;
 
 #[derive(Default)]
@@ -97,7 +104,7 @@ impl Observer {
     /// The applied state of the node that currently leads, with its metrics: of the nodes that
     /// think they lead, the one of the highest term (a leader cut off from the others goes on
     /// thinking so until it hears of a later term).
-    pub fn leader(&self) -> Option<(u64, Arc<Mutex<SmState>>, RaftMetrics<u64, openraft::BasicNode>)> {
+    pub fn leader(&self) -> Option<LeaderView> {
         let s = self.lock();
         s.metas
             .iter()

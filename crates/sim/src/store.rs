@@ -2,13 +2,12 @@
 //! simulated disk that loses what was not synced when the host crashes, with the heartbeat,
 //! order, inventory and scrub protocol of `shoal-store-server`.
 
+use crate::client::MetaClient;
 use crate::observe::Observer;
 use crate::wire::{self, Msg, Reply};
 use shoal_blob_store::{BlobError, BlobStore, MemDisk};
-use shoal_types::attr::Credentials;
-use shoal_types::error::FsError;
-use shoal_types::ids::{BlobId, MetaNodeId, SessionId, StoreId};
-use shoal_types::meta_msg::{MetaOp, MetaReply, MetaRequest, MetaResponse, StoreHeartbeat};
+use shoal_types::ids::{BlobId, StoreId};
+use shoal_types::meta_msg::{MetaOp, MetaReply, StoreHeartbeat};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,80 +24,6 @@ pub fn host(id: u64) -> String {
 
 pub fn blob_dir() -> PathBuf {
     PathBuf::from("/blobs")
-}
-
-/// Requests to the metadata service, following "not the leader" hints.
-pub struct MetaClient {
-    metas: u64,
-    next: u64,
-    pub session: SessionId,
-    /// Nodes that did not answer, and when: a hint naming one is not followed for a while (as
-    /// the real client does).
-    unreachable: std::collections::BTreeMap<u64, tokio::time::Instant>,
-}
-
-const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
-
-impl MetaClient {
-    pub fn new(metas: u64, start: u64) -> MetaClient {
-        MetaClient {
-            metas,
-            next: start % metas + 1,
-            session: SessionId(0),
-            unreachable: Default::default(),
-        }
-    }
-
-    fn move_on(&mut self, hint: Option<MetaNodeId>) {
-        self.next = match hint {
-            Some(h)
-                if h.0 != self.next
-                    && (1..=self.metas).contains(&h.0)
-                    && self.unreachable.get(&h.0).is_none_or(|at| at.elapsed() >= UNREACHABLE_FOR) =>
-            {
-                h.0
-            }
-            _ => self.next % self.metas + 1,
-        };
-    }
-
-    /// Send the next request to the next node first.
-    pub fn rotate(&mut self) {
-        self.move_on(None);
-    }
-
-    /// Send `op` (with `seq` for exactly-once, 0 for none) until a node gives an answer that is
-    /// not "not the leader" or "unavailable", for at most `patience`. `None`: no answer.
-    pub async fn call(&mut self, seq: u64, op: MetaOp, patience: Duration) -> Option<MetaResponse> {
-        let req = MetaRequest {
-            session: self.session,
-            seq,
-            cred: Credentials::ROOT,
-            op,
-        };
-        let deadline = tokio::time::Instant::now() + patience;
-        while tokio::time::Instant::now() < deadline {
-            match wire::call(
-                &crate::meta::host(self.next),
-                &Msg::Meta(req.clone()),
-                Duration::from_secs(1),
-            )
-            .await
-            {
-                Ok(Reply::Meta(Err(FsError::NotLeader { leader_hint }))) => {
-                    self.move_on(leader_hint)
-                }
-                Ok(Reply::Meta(Err(FsError::Unavailable(_)))) => self.move_on(None),
-                Ok(Reply::Meta(r)) => return Some(r),
-                _ => {
-                    self.unreachable.insert(self.next, tokio::time::Instant::now());
-                    self.move_on(None)
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        None
-    }
 }
 
 /// Run storage server `id` until the simulation crashes it. `term_seen`: the highest leader
