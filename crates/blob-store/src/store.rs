@@ -314,16 +314,9 @@ impl<D: Disk> BlobStore<D> {
     /// Writes and syncs a complete blob file: header and block table in one write, the data in
     /// another.
     fn write_tmp(&self, path: &Path, header: &BlobHeader, table: &[u8], data: &[u8]) -> Result<(), BlobError> {
-        let file = self.disk.create(path)?;
-        let mut head = Vec::with_capacity(HEADER_BYTES as usize + table.len());
-        head.extend_from_slice(&header.encode());
-        head.extend_from_slice(table);
-        debug_assert_eq!(head.len() as u64, header.data_offset());
-        file.write_all_at(&head, 0)?;
-        if !data.is_empty() {
-            file.write_all_at(data, header.data_offset())?;
-        }
-        file.sync_data()?;
+        let head = header.encode();
+        debug_assert_eq!(head.len() as u64 + table.len() as u64, header.data_offset());
+        self.disk.write_synced(path, &[&head, table, data])?;
         Ok(())
     }
 

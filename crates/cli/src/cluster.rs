@@ -59,6 +59,7 @@ pub struct InitOptions {
     pub scrub_mib_per_s: u64,
     pub scrub_every_s: u64,
     pub repair_mib_per_s: u64,
+    pub store_recent_cache_bytes: u64,
     /// Listening addresses (host:port) of the metadata nodes and storage servers; empty: free
     /// ports on 127.0.0.1.
     pub meta_addrs: Vec<String>,
@@ -78,6 +79,7 @@ impl Default for InitOptions {
             scrub_mib_per_s: defaults::scrub_mib_per_s(),
             scrub_every_s: defaults::scrub_every_s(),
             repair_mib_per_s: defaults::repair_mib_per_s(),
+            store_recent_cache_bytes: defaults::recent_cache_bytes(),
             meta_addrs: Vec::new(),
             store_addrs: Vec::new(),
         }
@@ -204,6 +206,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<ClusterFile> {
             scrub_mib_per_s: opts.scrub_mib_per_s,
             scrub_every_s: opts.scrub_every_s,
             repair_mib_per_s: opts.repair_mib_per_s,
+            recent_cache_bytes: opts.store_recent_cache_bytes,
         };
         write_toml(&data_dir.join("store.toml"), &cfg)?;
     }

@@ -62,6 +62,9 @@ enum Cmd {
         /// Repair copying rate of each storage server at most (MiB/s; 0: no limit).
         #[arg(long, default_value_t = shoal_types::config::defaults::repair_mib_per_s())]
         repair_mib_per_s: u64,
+        /// Memory of each storage server for recently put blobs, served to reads (MiB; 0: none).
+        #[arg(long, default_value_t = shoal_types::config::defaults::recent_cache_bytes() >> 20)]
+        store_recent_cache_mib: u64,
         /// Where the metadata nodes listen (host:port, comma-separated; sets their number), for
         /// a cluster spread over several hosts. Default: free ports on 127.0.0.1.
         #[arg(long, value_delimiter = ',')]
@@ -295,6 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
             scrub_mib_per_s,
             scrub_every_s,
             repair_mib_per_s,
+            store_recent_cache_mib,
             meta_addrs,
             store_addrs,
         } => {
@@ -311,6 +315,7 @@ async fn run(cli: Cli) -> Result<()> {
                 scrub_mib_per_s,
                 scrub_every_s,
                 repair_mib_per_s,
+                store_recent_cache_bytes: store_recent_cache_mib << 20,
             };
             let c = cluster::init(&dir, &opts)?;
             println!("initialized cluster {} in {}: {} metadata nodes, {} storage servers", c.name, dir.display(), c.metas.len(), c.stores.len());

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod recent;
 pub mod scrub;
 
 /// The highest leader term seen, in the data directory.
@@ -38,6 +39,8 @@ pub struct StoreService {
     /// Checks clients' capabilities (`None`: no key configured, so clients are refused).
     caps: Option<shoal_auth::CapVerifier>,
     pub scrub: Arc<scrub::Scrubber>,
+    /// Blobs put recently, served from memory.
+    recent: recent::RecentBlobs,
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> FsError {
@@ -83,10 +86,15 @@ impl StoreService {
         match self.admit(peer, req)? {
             StoreRequest::Put { blob, crc } => {
                 let blobs = self.blobs.clone();
-                tokio::task::spawn_blocking(move || blobs.put(blob, &payload, crc)).await.map_err(blocking_err)??;
+                let data = payload.clone();
+                tokio::task::spawn_blocking(move || blobs.put(blob, &data, crc)).await.map_err(blocking_err)??;
+                self.recent.insert(blob, payload);
                 Ok((StoreReply::Ok, Bytes::new()))
             }
             StoreRequest::Get { blob, offset, len } => {
+                if let Some(data) = self.recent.get(blob, offset, len) {
+                    return Ok((StoreReply::Data { len: data.len() as u64 }, data));
+                }
                 let blobs = self.blobs.clone();
                 let data = tokio::task::spawn_blocking(move || blobs.get(blob, offset, len)).await.map_err(blocking_err)?;
                 let data = match data {
@@ -107,6 +115,7 @@ impl StoreService {
                     return Err(FsError::PermissionDenied);
                 }
                 self.check_term(term)?;
+                self.recent.remove(blob);
                 let blobs = self.blobs.clone();
                 tokio::task::spawn_blocking(move || blobs.delete(blob)).await.map_err(blocking_err)??;
                 Ok((StoreReply::Ok, Bytes::new()))
@@ -189,7 +198,7 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<(Arc<StoreService>, tokio
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e).with_context(|| format!("read {}", term_file.display())),
     };
-    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(term_seen), term_file, term_writing: Mutex::new(()), caps, scrub });
+    let service = Arc::new(StoreService { id: cfg.id, blobs: Arc::new(blobs), term_seen: AtomicU64::new(term_seen), term_file, term_writing: Mutex::new(()), caps, scrub, recent: recent::RecentBlobs::new(cfg.recent_cache_bytes) });
     let server_tls = shoal_pki::server_config(&cfg.tls).context("load TLS files")?;
     let client_tls = shoal_pki::client_config(&cfg.tls).context("load TLS files")?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
@@ -272,6 +281,9 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
                 } else {
                     service.scrub.requested(orders.scrub_epoch);
                     // Deletions.
+                    for b in &orders.delete {
+                        service.recent.remove(*b);
+                    }
                     let blobs = service.blobs.clone();
                     let del = deleted.clone();
                     let scrub = service.scrub.clone();

@@ -82,6 +82,10 @@ pub struct StoreConfig {
     /// MiB/s this server copies for repairs at most (0: no limit), so clients keep their speed.
     #[serde(default = "defaults::repair_mib_per_s")]
     pub repair_mib_per_s: u64,
+    /// Bytes of recently put blobs kept in memory for reads (blobs are written past the page
+    /// cache); 0 keeps none.
+    #[serde(default = "defaults::recent_cache_bytes")]
+    pub recent_cache_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +98,9 @@ pub struct ClientConfig {
 }
 
 pub mod defaults {
+    pub fn recent_cache_bytes() -> u64 {
+        1 << 30
+    }
     pub fn cache_size_bytes() -> u64 {
         256 << 20
     }

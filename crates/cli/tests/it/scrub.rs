@@ -79,8 +79,13 @@ async fn shoal_scrub_finds_a_flipped_byte_and_the_copy_is_rebuilt() {
     let client = c.client().await;
     let loc = first_blob(&client, "/a").await;
     assert_eq!(loc.stores.len(), 3);
-    let victim = loc.stores[1].store;
-    flip_byte(&blob_file(&c, victim, loc.blob));
+    let victim = &loc.stores[1];
+    flip_byte(&blob_file(&c, victim.store, loc.blob));
+    // The server still holds the blob as it was put, in memory, and serves that: the right
+    // bytes. The scrubber reads the disk, and finds the damage.
+    let get = StoreRequest::Get { blob: loc.blob, offset: 0, len: loc.len }.with_cap(loc.cap.as_deref());
+    let (_, served) = client.store_call(&victim.addr, &get, &[]).await.expect("served from memory");
+    assert!(served[..] == data[..loc.len as usize], "the bytes kept in memory are the ones put");
 
     let out = c.must_shoal(&["scrub", "--wait"]);
     assert!(out.contains("1 corrupt copy found"), "{out}");
@@ -98,7 +103,8 @@ async fn shoal_scrub_finds_a_flipped_byte_and_the_copy_is_rebuilt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_that_hits_a_corrupt_copy_gets_it_repaired() {
-    let c = TestCluster::start();
+    // No copy kept in memory: this read must reach the damaged copy on disk.
+    let c = TestCluster::start_with(&["--store-recent-cache-mib", "0"]);
     let data = put_file(&c, "/a", 9, 800_000);
     let client = c.client().await;
     let loc = first_blob(&client, "/a").await;
@@ -166,7 +172,8 @@ async fn all_good(client: &Arc<Client>, loc: &BlobLocation) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_last_copy_is_kept_and_reported_as_damaged() {
-    let c = TestCluster::start();
+    // No copy kept in memory: this read must reach the damaged copy on disk.
+    let c = TestCluster::start_with(&["--store-recent-cache-mib", "0"]);
     let client = c.client().await;
     let dir = client.mkdir(FileHandle::ROOT, "single", 0o755).await.unwrap();
     client.meta(MetaOp::SetPolicy { handle: dir.handle, policy: shoal_types::layout::Policy::Replicas { copies: 1, write_quorum: 1 } }).await.unwrap();
