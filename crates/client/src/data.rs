@@ -56,7 +56,8 @@ impl Reserved {
         Some((id, intent.clone()))
     }
 
-    fn fill(&mut self, handle: FileHandle, intent: Intent) {
+    /// Use the ids of `intent` (reserved for `handle`) next.
+    pub fn fill(&mut self, handle: FileHandle, intent: Intent) {
         self.handle = Some(handle);
         self.ids = intent.blobs.iter().rev().copied().collect();
         self.intent = Some(intent);
@@ -240,11 +241,15 @@ impl Client {
     /// Commit blobs put by [`Client::put_at`], in the order they were written (a later write
     /// over the same bytes wins); the file grows to `end` if it is shorter.
     pub async fn commit_at(&self, handle: FileHandle, written: Vec<Written>, end: u64) -> FsResult<Attr> {
-        let attr = self.getattr(handle).await?;
-        self.commit_written(handle, written, attr.size.max(end), None).await
+        self.commit_op(handle, written, end, None, true).await
     }
 
     async fn commit_written(&self, handle: FileHandle, written: Vec<Written>, size: u64, base: Option<VersionNo>) -> FsResult<Attr> {
+        self.commit_op(handle, written, size, base, false).await
+    }
+
+    /// `grow`: `size` is a floor, the file never shrinks ([`MetaOp::CommitGrow`]).
+    async fn commit_op(&self, handle: FileHandle, written: Vec<Written>, size: u64, base: Option<VersionNo>, grow: bool) -> FsResult<Attr> {
         // Slices are laid in write order, so the last write over a byte wins.
         let mut chunks: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
         for w in &written {
@@ -263,7 +268,8 @@ impl Client {
             mtime: now_ns(),
             blobs: written.into_iter().map(|w| w.blob).collect(),
         };
-        match self.meta(MetaOp::Commit(commit)).await? {
+        let op = if grow { MetaOp::CommitGrow(commit) } else { MetaOp::Commit(commit) };
+        match self.meta(op).await? {
             MetaReply::Attr(a) => Ok(a),
             other => Err(FsError::Protocol(format!("expected attributes, got {other:?}"))),
         }

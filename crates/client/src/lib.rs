@@ -38,6 +38,10 @@ pub const ELECTION_POLL: Duration = Duration::from_millis(100);
 /// First backoff; doubles each attempt up to [`BACKOFF_MAX`], with full jitter.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// Longest wait to connect to one metadata node before trying the next: a node cut off by a
+/// partition drops the packets, and a new process that tries it first would otherwise wait the
+/// transport's 3 s (loopback and LAN handshakes take milliseconds).
+pub const META_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time allowed for one metadata request.
 pub const META_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one storage request (a blob of up to 64 MiB).
@@ -143,7 +147,7 @@ impl Client {
         let meta = config
             .meta
             .iter()
-            .map(|p| (p.id, Arc::new(RpcClient::new(p.addr.clone(), tls.clone(), 1, META_TIMEOUT))))
+            .map(|p| (p.id, Arc::new(RpcClient::new(p.addr.clone(), tls.clone(), 1, META_TIMEOUT).with_connect_timeout(META_CONNECT_TIMEOUT))))
             .collect();
         Ok(Client {
             meta,

@@ -17,7 +17,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shoal_client::Client;
-use shoal_types::meta_msg::MetaOp;
+use shoal_types::meta_msg::{MetaOp, MetaReply};
 use shoal_types::*;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -664,19 +664,29 @@ impl Filesystem for ShoalFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let r = name_of(name).and_then(|name| {
-            let op = MetaOp::CreateOpen {
+            // The intent for the file's first blob comes with the create: a small file is then
+            // written with no other round trip before its commit.
+            let op = MetaOp::CreateOpenReserve {
                 parent: self.handle(parent),
                 name,
                 mode: mode & !umask & 0o7777,
                 exclusive: flags & libc::O_EXCL != 0,
+                count: 1,
+                bytes: shoal_client::data::BLOB_BYTES,
             };
-            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
+            match self.run(self.client.meta_as(&self.cred(req), op))? {
+                MetaReply::Created { attr, intent } => Ok((attr, intent)),
+                _ => Err(Errno::EIO),
+            }
         });
         match r {
-            Ok(a) => {
+            Ok((a, intent)) => {
                 let attr = self.attr(&a);
                 self.page_versions.lock().expect("page versions").insert(a.handle.inode.0, a.version);
                 let fh = self.new_fh(a.handle, flags);
+                if let (Some(intent), Ok(file)) = (intent, self.file(fuser::FileHandle(fh))) {
+                    file.lock().expect("file").reserved.fill(a.handle, intent);
+                }
                 reply.created(&NO_TTL, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),

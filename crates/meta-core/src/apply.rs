@@ -220,6 +220,22 @@ impl<K: Kv> Sm<'_, K> {
                     other => Ok(other),
                 }
             }
+            MetaOp::CreateOpenReserve { parent, name, mode, exclusive, count, bytes } => {
+                let attr = match self.create(cred, parent, name, FileKind::File, *mode, 0, *exclusive, None)? {
+                    MetaReply::Attr(a) => a,
+                    other => return Ok(other),
+                };
+                let attr = match self.open(req.session, &attr.handle)? {
+                    MetaReply::Attr(a) => a,
+                    _ => attr,
+                };
+                // Refused reservations change nothing: they fail before they write.
+                let intent = match self.alloc_blobs(req.session, cred, &attr.handle, *count, *bytes) {
+                    Ok(MetaReply::Intent(i)) => Some(i),
+                    _ => None,
+                };
+                Ok(MetaReply::Created { attr, intent })
+            }
             MetaOp::Mkdir { parent, name, mode } => {
                 self.create(cred, parent, name, FileKind::Dir, *mode, 0, true, None)
             }
@@ -242,7 +258,8 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::Open { handle } => self.open(req.session, handle),
             MetaOp::Release { handle } => self.release(req.session, handle),
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
-            MetaOp::Commit(c) => self.commit(cred, c),
+            MetaOp::Commit(c) => self.commit(cred, c, false),
+            MetaOp::CommitGrow(c) => self.commit(cred, c, true),
             MetaOp::AddUser(rec) => self.add_user(cred, rec),
             MetaOp::RemoveUser { name } => self.remove_user(cred, name),
             MetaOp::RequestScrub => self.request_scrub(cred),
@@ -1003,8 +1020,10 @@ impl<K: Kv> Sm<'_, K> {
         Ok(candidates.into_iter().map(|(_, id, addr)| StoreAddr { store: StoreId(id), addr }).collect())
     }
 
-    fn commit(&mut self, cred: &Credentials, c: &Commit) -> MetaResponse {
+    /// `grow`: `c.size` is a floor (the file never shrinks), as [`MetaOp::CommitGrow`] asks.
+    fn commit(&mut self, cred: &Credentials, c: &Commit, grow: bool) -> MetaResponse {
         let mut rec = inode_of(self.kv, &c.handle)?;
+        let size = if grow { rec.size.max(c.size) } else { c.size };
         if rec.kind != FileKind::File {
             return Err(FsError::Invalid("not a regular file".into()));
         }
@@ -1082,10 +1101,10 @@ impl<K: Kv> Sm<'_, K> {
         }
         // A commit that shrinks the file cuts what lies past the new end, so a later extension
         // reads zeros and the space is freed.
-        if c.size < rec.size {
-            self.truncate(c.handle.inode, &mut rec, c.size);
+        if size < rec.size {
+            self.truncate(c.handle.inode, &mut rec, size);
         }
-        rec.size = c.size;
+        rec.size = size;
         rec.mtime = c.mtime;
         rec.ctime = self.now;
         rec.version += 1;

@@ -631,3 +631,53 @@ fn a_new_leader_gives_every_server_a_full_period_before_declaring_it_failed() {
     tick_for(&mut t, 2_000_000_000, &[1]);
     assert_eq!(alive(&t), vec![true, false]);
 }
+
+/// A create that reserves: the file is created and open, and the intent it brings is for that
+/// file, good for a commit with no `AllocBlobs`. A retry gets the same answer.
+#[test]
+fn create_open_reserve_brings_an_intent_for_the_new_file() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let op = MetaOp::CreateOpenReserve { parent: ROOT, name: "f".into(), mode: 0o644, exclusive: true, count: 1, bytes: 10 };
+    let first = t.op(op.clone());
+    let Ok(MetaReply::Created { attr, intent: Some(intent) }) = first.clone() else { panic!("{first:?}") };
+    assert_eq!(t.retry(op), first, "a retried create-and-reserve returns its first answer");
+    assert_eq!(intent.blobs.len(), 1);
+    assert_eq!(t.kv.len(Table::Opens), 1, "the file is open");
+    let blob = intent.blobs[0];
+    let r = t.op(MetaOp::Commit(Commit {
+        handle: attr.handle,
+        base_version: None,
+        chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
+        size: 10,
+        mtime: 0,
+        blobs: vec![NewBlob { blob, len: 10, crc: 0, stores: intent.targets.iter().map(|s| s.store).collect() }],
+    }));
+    assert!(matches!(r, Ok(MetaReply::Attr(ref a)) if a.size == 10), "{r:?}");
+    // Where AllocBlobs would be refused, the file is still created, without an intent.
+    let d = t.must_mkdir(ROOT, "d");
+    t.op(MetaOp::SetAttr { handle: d.handle, set: SetAttr { uid: Some(1000), gid: Some(1000), ..Default::default() } }).unwrap();
+    t.cred = Credentials { uid: 1000, gid: 1000, groups: vec![] };
+    let r = t.op(MetaOp::CreateOpenReserve { parent: d.handle, name: "ro".into(), mode: 0o444, exclusive: true, count: 1, bytes: 10 });
+    assert!(matches!(r, Ok(MetaReply::Created { intent: None, .. })), "{r:?}");
+    assert!(t.lookup(d.handle, "ro").is_ok());
+    let r = t.op(MetaOp::CreateOpenReserve { parent: d.handle, name: "big".into(), mode: 0o644, exclusive: true, count: 1, bytes: 2 << 30 });
+    assert!(matches!(r, Ok(MetaReply::Created { intent: None, .. })), "no server has room: {r:?}");
+}
+
+/// `CommitGrow` never shrinks the file; `Commit` sets the size it names.
+#[test]
+fn commit_grow_takes_the_larger_size() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    t.must_write(f.handle, 100);
+    let commit = |size| Commit { handle: f.handle, base_version: None, chunks: vec![], size, mtime: 0, blobs: vec![] };
+    let size = |r: MetaResponse| match r {
+        Ok(MetaReply::Attr(a)) => a.size,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(size(t.op(MetaOp::CommitGrow(commit(10)))), 100);
+    assert_eq!(size(t.op(MetaOp::CommitGrow(commit(150)))), 150);
+    assert_eq!(size(t.op(MetaOp::Commit(commit(10)))), 10);
+}

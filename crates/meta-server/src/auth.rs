@@ -177,7 +177,9 @@ impl Auth {
             MetaReply::Layout(l) if !l.blobs.is_empty() => {
                 self.kdc.keys.sign_capability(shoal_auth::READ, l.blobs.iter().map(|b| b.blob), shoal_auth::now_ns() + READ_CAPABILITY_NS)
             }
-            MetaReply::Intent(i) => self.kdc.keys.sign_capability(shoal_auth::WRITE, i.blobs.iter().copied(), i.expires),
+            MetaReply::Intent(i) | MetaReply::Created { intent: Some(i), .. } => {
+                self.kdc.keys.sign_capability(shoal_auth::WRITE, i.blobs.iter().copied(), i.expires)
+            }
             _ => return reply,
         };
         MetaReply::Capable { cap, reply: Box::new(reply) }

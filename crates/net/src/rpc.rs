@@ -167,6 +167,7 @@ pub struct RpcClient {
     conns: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
     pub timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl RpcClient {
@@ -177,7 +178,15 @@ impl RpcClient {
             conns: (0..n_conns.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             timeout,
+            connect_timeout: CONNECT_TIMEOUT,
         }
+    }
+
+    /// Give up connecting after `d` instead of [`CONNECT_TIMEOUT`]: for a caller with other
+    /// servers to try, which should not wait long on one that is cut off.
+    pub fn with_connect_timeout(mut self, d: Duration) -> RpcClient {
+        self.connect_timeout = d;
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -192,7 +201,7 @@ impl RpcClient {
                 return Ok(c.clone());
             }
         }
-        let conn = tokio::time::timeout(self.timeout.min(CONNECT_TIMEOUT), self.connect())
+        let conn = tokio::time::timeout(self.timeout.min(self.connect_timeout), self.connect())
             .await
             .map_err(|_| NetError::Connect { addr: self.addr.clone(), reason: "timed out".into() })??;
         *slot = Some(conn.clone());

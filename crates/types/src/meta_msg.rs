@@ -105,6 +105,15 @@ pub enum MetaOp {
     /// checked against where the metadata says copies are, the server is fenced out: no reads
     /// are sent to it, no writes or repairs placed on it.
     StoreInventory { store: StoreId, from: u64, blobs: Vec<BlobId>, done: bool },
+    /// [`MetaOp::CreateOpen`] that also reserves `count` blob ids for `bytes` of data, as
+    /// [`MetaOp::AllocBlobs`] would, so a new file is written without another round trip for
+    /// its intent. Answered with [`MetaReply::Created`]; the intent is left out where
+    /// `AllocBlobs` would be refused (no write permission, no space): the writer asks for one
+    /// later and hears why.
+    CreateOpenReserve { parent: FileHandle, name: String, mode: u32, exclusive: bool, count: u32, bytes: u64 },
+    /// [`MetaOp::Commit`] whose `size` is a floor: the file grows to it if shorter and never
+    /// shrinks, decided when the commit applies (a writer need not read the size first).
+    CommitGrow(Commit),
 }
 
 /// A registered user, as stored by the metadata service.
@@ -264,6 +273,8 @@ pub enum MetaReply {
     Unrepairable(Vec<BlobId>),
     /// Answer to [`MetaOp::RequestScrub`].
     ScrubEpoch(u64),
+    /// Answer to [`MetaOp::CreateOpenReserve`].
+    Created { attr: Attr, intent: Option<Intent> },
 }
 
 impl MetaReply {
@@ -281,6 +292,10 @@ impl MetaReply {
             MetaReply::Intent(mut i) => {
                 i.cap = Some(cap);
                 MetaReply::Intent(i)
+            }
+            MetaReply::Created { attr, intent: Some(mut i) } => {
+                i.cap = Some(cap);
+                MetaReply::Created { attr, intent: Some(i) }
             }
             other => other,
         }
@@ -318,10 +333,13 @@ impl MetaOp {
     pub fn invalidates(&self) -> Vec<Invalidate> {
         let entry = |p: &FileHandle, n: &String| Invalidate::Entry { parent: p.inode, name: n.clone() };
         match self {
-            MetaOp::SetAttr { handle, .. } | MetaOp::Commit(Commit { handle, .. }) => vec![Invalidate::Inode(handle.inode)],
+            MetaOp::SetAttr { handle, .. } | MetaOp::Commit(Commit { handle, .. }) | MetaOp::CommitGrow(Commit { handle, .. }) => {
+                vec![Invalidate::Inode(handle.inode)]
+            }
             MetaOp::SetXattr { handle, .. } | MetaOp::RemoveXattr { handle, .. } => vec![Invalidate::Inode(handle.inode)],
             MetaOp::Create { parent, name, .. }
             | MetaOp::CreateOpen { parent, name, .. }
+            | MetaOp::CreateOpenReserve { parent, name, .. }
             | MetaOp::Mkdir { parent, name, .. }
             | MetaOp::Symlink { parent, name, .. }
             | MetaOp::Unlink { parent, name }

@@ -108,3 +108,19 @@ async fn client_of_another_ca_is_refused() {
     let r: Result<(String, Bytes), _> = client.call(&EchoReq::Sum, &[]).await;
     assert!(r.is_err(), "a client certificate from another CA must be refused");
 }
+
+/// A server that takes the connection but never answers the handshake (a process stopped, or
+/// a peer whose packets are dropped) costs a caller only its connect timeout.
+#[tokio::test]
+async fn a_silent_server_costs_only_the_connect_timeout() {
+    let p = pki();
+    // Bound and listening (the kernel completes TCP connects), never accepting.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let client = RpcClient::new(addr, p.client.clone(), 1, Duration::from_secs(10)).with_connect_timeout(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let r: Result<(String, Bytes), _> = client.call(&EchoReq::Sum, &[]).await;
+    assert!(matches!(r, Err(NetError::Connect { .. })), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "waited {:?}", t.elapsed());
+    drop(listener);
+}
