@@ -64,11 +64,22 @@ impl Reserved {
     }
 }
 
-/// A blob written (put, not committed yet) and where its durable copies are.
+/// Bytes put (not committed yet): `len` bytes at `blob_offset` of `blob` go to `file_offset`
+/// of the file. One blob may carry several pieces of a file.
 #[derive(Clone, Debug)]
 pub struct Written {
     pub blob: NewBlob,
     pub file_offset: u64,
+    pub blob_offset: u64,
+    pub len: u64,
+}
+
+impl Written {
+    /// The whole of `blob`, at `file_offset`.
+    fn whole(blob: NewBlob, file_offset: u64) -> Written {
+        let len = blob.len;
+        Written { blob, file_offset, blob_offset: 0, len }
+    }
 }
 
 impl Client {
@@ -180,7 +191,7 @@ impl Client {
             in_flight.push(tokio::spawn(async move {
                 let len = data.len() as u64;
                 let stores = client.put_blob(&i, blob, data, crc).await?;
-                Ok::<_, FsError>(Written { blob: NewBlob { blob, len, crc, stores }, file_offset })
+                Ok::<_, FsError>(Written::whole(NewBlob { blob, len, crc, stores }, file_offset))
             }));
             while in_flight.len() >= PUTS_IN_FLIGHT_MAX {
                 let w = in_flight.next().await.expect("non-empty").map_err(|e| FsError::Internal(e.to_string()))??;
@@ -222,18 +233,55 @@ impl Client {
             let room = CHUNK_SIZE - file_offset % CHUNK_SIZE;
             let n = (data.len() - pos).min(room.min(BLOB_BYTES) as usize);
             let piece = Bytes::copy_from_slice(&data[pos..pos + n]);
-            let (blob, intent) = match reserved.take(handle) {
-                Some(x) => x,
-                None => {
-                    let intent = self.reserve(handle, BLOBS_PER_INTENT, n as u64).await?;
-                    reserved.fill(handle, intent);
-                    reserved.take(handle).ok_or_else(|| FsError::Protocol("an intent with no blob id".into()))?
-                }
-            };
+            let (blob, intent) = self.next_blob(handle, reserved, n as u64).await?;
             let crc = crc32c::crc32c(&piece);
             let stores = self.put_blob(&intent, blob, piece, crc).await?;
-            written.push(Written { blob: NewBlob { blob, len: n as u64, crc, stores }, file_offset });
+            written.push(Written::whole(NewBlob { blob, len: n as u64, crc, stores }, file_offset));
             pos += n;
+        }
+        Ok(written)
+    }
+
+    /// The next reserved blob id for `handle` and its intent, reserving more (for blobs of about
+    /// `bytes`) when none is left.
+    async fn next_blob(&self, handle: FileHandle, reserved: &mut Reserved, bytes: u64) -> FsResult<(BlobId, Intent)> {
+        if let Some(x) = reserved.take(handle) {
+            return Ok(x);
+        }
+        let intent = self.reserve(handle, BLOBS_PER_INTENT, bytes).await?;
+        reserved.fill(handle, intent);
+        reserved.take(handle).ok_or_else(|| FsError::Protocol("an intent with no blob id".into()))
+    }
+
+    /// Put scattered `pieces` (file offset, bytes; in write order, a later one over an earlier
+    /// where they overlap) as one blob, without committing: many small writes at random places
+    /// cost one put. Their bytes together must fit in one blob ([`BLOB_BYTES`]).
+    pub async fn put_pieces_with(self: &Arc<Self>, handle: FileHandle, pieces: &[(u64, &[u8])], reserved: &mut Reserved) -> FsResult<Vec<Written>> {
+        if let [(offset, data)] = pieces {
+            return self.put_at_with(handle, *offset, data, reserved).await;
+        }
+        let total: usize = pieces.iter().map(|(_, d)| d.len()).sum();
+        if total as u64 > BLOB_BYTES {
+            return Err(FsError::Invalid(format!("{total} bytes of pieces exceed one blob")));
+        }
+        let mut data = Vec::with_capacity(total);
+        for (_, d) in pieces {
+            data.extend_from_slice(d);
+        }
+        let (blob, intent) = self.next_blob(handle, reserved, total as u64).await?;
+        let crc = crc32c::crc32c(&data);
+        let stores = self.put_blob(&intent, blob, Bytes::from(data), crc).await?;
+        let nb = NewBlob { blob, len: total as u64, crc, stores };
+        let mut written = Vec::new();
+        let mut at = 0u64;
+        for (offset, d) in pieces {
+            // A piece never crosses a chunk boundary in the layout: split it there.
+            let (mut file_offset, mut left) = (*offset, d.len() as u64);
+            while left > 0 {
+                let n = left.min(CHUNK_SIZE - file_offset % CHUNK_SIZE);
+                written.push(Written { blob: nb.clone(), file_offset, blob_offset: at, len: n });
+                (file_offset, at, left) = (file_offset + n, at + n, left - n);
+            }
         }
         Ok(written)
     }
@@ -255,18 +303,21 @@ impl Client {
         for w in &written {
             chunks.entry(w.file_offset / CHUNK_SIZE).or_default().push(Slice {
                 blob: Some(w.blob.blob),
-                blob_offset: 0,
+                blob_offset: w.blob_offset,
                 offset_in_chunk: w.file_offset % CHUNK_SIZE,
-                len: w.blob.len,
+                len: w.len,
             });
         }
+        // Each blob once, however many pieces it carries.
+        let mut seen = std::collections::BTreeSet::new();
+        let blobs: Vec<NewBlob> = written.into_iter().map(|w| w.blob).filter(|b| seen.insert(b.blob)).collect();
         let commit = Commit {
             handle,
             base_version: base,
             chunks: chunks.into_iter().map(|(idx, slices)| ChunkUpdate { idx, slices }).collect(),
             size,
             mtime: now_ns(),
-            blobs: written.into_iter().map(|w| w.blob).collect(),
+            blobs,
         };
         let op = if grow { MetaOp::CommitGrow(commit) } else { MetaOp::Commit(commit) };
         match self.meta(op).await? {

@@ -33,6 +33,8 @@ use promises::Promises;
 pub const NO_TTL: Duration = Duration::ZERO;
 /// Bytes buffered per open file before they are written out.
 pub const WRITE_BUFFER_MAX: usize = 16 << 20;
+/// Separate runs buffered per open file at most (each becomes a slice of the file's layout).
+pub const WRITE_RUNS_MAX: usize = 1024;
 
 /// The one mapping from Shoal errors to errno.
 pub fn errno(e: &FsError) -> Errno {
@@ -60,10 +62,32 @@ pub fn errno(e: &FsError) -> Errno {
     })
 }
 
-/// Writes not yet sent: one contiguous run.
+/// Writes not yet sent: runs in write order (a write that continues the last run extends it).
+/// They go out as one blob, however scattered.
+#[derive(Default)]
 struct WriteBuf {
-    offset: u64,
-    data: Vec<u8>,
+    runs: Vec<(u64, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl WriteBuf {
+    fn end(&self) -> Option<u64> {
+        self.runs.iter().map(|(o, d)| o + d.len() as u64).max()
+    }
+
+    /// Whether `len` more bytes at `offset` fit (otherwise put what is buffered first).
+    fn fits(&self, offset: u64, len: usize) -> bool {
+        let extends = self.runs.last().is_some_and(|(o, d)| o + d.len() as u64 == offset);
+        self.bytes + len <= WRITE_BUFFER_MAX && (extends || self.runs.len() < WRITE_RUNS_MAX)
+    }
+
+    fn add(&mut self, offset: u64, data: &[u8]) {
+        match self.runs.last_mut() {
+            Some((o, d)) if *o + d.len() as u64 == offset => d.extend_from_slice(data),
+            _ => self.runs.push((offset, data.to_vec())),
+        }
+        self.bytes += data.len();
+    }
 }
 
 struct OpenFile {
@@ -86,7 +110,7 @@ struct OpenFile {
 impl OpenFile {
     /// End of what this open file wrote and did not commit.
     fn uncommitted_end(&self) -> Option<u64> {
-        let buffered = self.buf.as_ref().map(|b| b.offset + b.data.len() as u64);
+        let buffered = self.buf.as_ref().and_then(WriteBuf::end);
         let pending = (!self.pending.is_empty()).then_some(self.pending_end);
         buffered.max(pending)
     }
@@ -376,21 +400,24 @@ impl ShoalFs {
 
     /// Put what an open file buffered (without committing it).
     fn put_buffer(&self, f: &mut OpenFile) -> Result<(), Errno> {
-        if let Some(WriteBuf { offset, data }) = f.buf.take() {
+        if let Some(buf) = f.buf.take().filter(|b| !b.runs.is_empty()) {
             let handle = f.handle;
-            let written = match self.run(self.client.put_at_with(handle, offset, &data, &mut f.reserved)) {
+            let pieces: Vec<(u64, &[u8])> = buf.runs.iter().map(|(o, d)| (*o, &d[..])).collect();
+            let written = match self.run(self.client.put_pieces_with(handle, &pieces, &mut f.reserved)) {
                 Ok(w) => w,
                 Err(e) => {
                     // Kept for the next attempt (close or fsync report the error).
-                    f.buf = Some(WriteBuf { offset, data });
+                    f.buf = Some(buf);
                     return Err(e);
                 }
             };
-            f.pending_end = f.pending_end.max(offset + data.len() as u64);
+            f.pending_end = f.pending_end.max(buf.end().unwrap_or(0));
             f.pending.extend(written);
             f.pending_since.get_or_insert_with(std::time::Instant::now);
         }
-        if f.pending.len() >= PENDING_BLOBS_MAX {
+        let mut blobs: Vec<BlobId> = f.pending.iter().map(|w| w.blob.blob).collect();
+        blobs.dedup();
+        if blobs.len() >= PENDING_BLOBS_MAX {
             self.commit_pending(f)?;
         }
         Ok(())
@@ -756,19 +783,12 @@ impl Filesystem for ShoalFs {
         // Extend the buffered run, or put it and start a new one.
         {
             let mut f = file.lock().expect("file");
-            let needs_put = match &f.buf {
-                Some(b) => b.offset + b.data.len() as u64 != offset || b.data.len() + data.len() > WRITE_BUFFER_MAX,
-                None => false,
-            };
-            if needs_put {
+            if f.buf.as_ref().is_some_and(|b| !b.fits(offset, data.len())) {
                 if let Err(e) = self.put_buffer(&mut f) {
                     return reply.error(e);
                 }
             }
-            match &mut f.buf {
-                Some(b) => b.data.extend_from_slice(data),
-                None => f.buf = Some(WriteBuf { offset, data: data.to_vec() }),
-            }
+            f.buf.get_or_insert_with(WriteBuf::default).add(offset, data);
         }
         reply.written(data.len() as u32);
     }

@@ -1,6 +1,7 @@
 //! The FUSE mount through the kernel: ordinary tools on a real mount of a real cluster.
 
 use crate::harness::*;
+use shoal_types::meta_msg::*;
 use std::process::Command;
 
 fn sh(cwd: &std::path::Path, script: &str) -> String {
@@ -66,4 +67,46 @@ print(' '.join(out))
 "#;
     let out = Command::new("python3").arg("-c").arg(script).current_dir(&mnt).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "blue user.color EEXIST red ENODATA", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Small writes at scattered places are buffered together and go out as one blob at fsync:
+/// the file reads back exactly as written (later writes over earlier ones), through the CLI
+/// too, and its layout names a single blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_writes_go_out_as_one_blob() {
+    let c = TestCluster::start();
+    let mnt = c.file("mnt");
+    c.must_shoal(&["mount", mnt.to_str().unwrap()]);
+    let model = c.file("model");
+    let script = format!(
+        r#"
+import os
+size = 4 << 20
+model = bytearray(size)
+fd = os.open('r', os.O_CREAT | os.O_WRONLY, 0o644)
+os.ftruncate(fd, size)
+for i in range(300):
+    off = (i * 7919 * 4096 + i * 13) % (size - 5000)
+    data = bytes([(i * 31 + j) % 251 for j in range(4096)])
+    os.pwrite(fd, data, off)
+    model[off:off + len(data)] = data
+os.fsync(fd)
+os.close(fd)
+open('{}', 'wb').write(model)
+"#,
+        model.display()
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).current_dir(&mnt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = std::fs::read(&model).unwrap();
+    assert!(std::fs::read(mnt.join("r")).unwrap() == want, "the mount reads back what was written");
+    assert!(c.must_shoal_bytes(&["cat", "/r"]) == want, "another client reads back what was written");
+    let client = c.client().await;
+    let a = client.resolve("/r").await.unwrap();
+    let layout = match client.meta(MetaOp::GetLayout { handle: a.handle, first_chunk: 0, n_chunks: 1 }).await.unwrap() {
+        MetaReply::Layout(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(layout.blobs.len(), 1, "300 scattered writes went out as one blob");
+    c.must_shoal(&["umount", mnt.to_str().unwrap()]);
 }
