@@ -174,10 +174,14 @@ impl Disk for RealDisk {
         Ok(fs::metadata(path)?.len())
     }
     fn write_synced(&self, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-        if write_direct(path, parts)? {
-            return Ok(());
+        match write_direct(path, parts) {
+            Ok(true) => Ok(()),
+            // The filesystem refused direct I/O, at the open or at the write (a logical block
+            // larger than the alignment): write through the page cache instead.
+            Ok(false) => write_buffered(self, path, parts),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => write_buffered(self, path, parts),
+            Err(e) => Err(e),
         }
-        write_buffered(self, path, parts)
     }
     fn space(&self, dir: &Path) -> io::Result<DiskSpace> {
         let stat = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;

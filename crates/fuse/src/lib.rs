@@ -172,6 +172,8 @@ fn commit_old_pending(rt: tokio::runtime::Handle, client: Arc<Client>, open: Arc
 /// Blobs an open file may put before it commits them anyway (intents expire; a file written
 /// in one open beyond this many blobs is published in several versions).
 pub const PENDING_BLOBS_MAX: usize = 64;
+/// Slices an open file may put before it commits them anyway: one buffer of scattered writes.
+pub const PENDING_SLICES_MAX: usize = WRITE_RUNS_MAX;
 
 pub struct ShoalFs {
     rt: tokio::runtime::Handle,
@@ -417,7 +419,8 @@ impl ShoalFs {
         }
         let mut blobs: Vec<BlobId> = f.pending.iter().map(|w| w.blob.blob).collect();
         blobs.dedup();
-        if blobs.len() >= PENDING_BLOBS_MAX {
+        // Bounded in blobs (intents expire) and in slices (a commit lays each on its chunk).
+        if blobs.len() >= PENDING_BLOBS_MAX || f.pending.len() >= PENDING_SLICES_MAX {
             self.commit_pending(f)?;
         }
         Ok(())

@@ -89,6 +89,10 @@ impl StoreService {
                 let data = payload.clone();
                 tokio::task::spawn_blocking(move || blobs.put(blob, &data, crc)).await.map_err(blocking_err)??;
                 self.recent.insert(blob, payload);
+                // A delete that ran between the put and the insert: keep nothing of it.
+                if !self.blobs.contains(blob) {
+                    self.recent.remove(blob);
+                }
                 Ok((StoreReply::Ok, Bytes::new()))
             }
             StoreRequest::Get { blob, offset, len } => {
@@ -118,6 +122,8 @@ impl StoreService {
                 self.recent.remove(blob);
                 let blobs = self.blobs.clone();
                 tokio::task::spawn_blocking(move || blobs.delete(blob)).await.map_err(blocking_err)??;
+                // Again: a put finishing meanwhile may have kept it.
+                self.recent.remove(blob);
                 Ok((StoreReply::Ok, Bytes::new()))
             }
             StoreRequest::Stat => Ok((
@@ -300,6 +306,9 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
                         }
                     })
                     .await;
+                    for b in &orders.delete {
+                        service.recent.remove(*b);
+                    }
                     if let Some(from) = orders.inventory_from {
                         send_inventory(&service, &client, from).await;
                     }
