@@ -80,7 +80,8 @@ static DIRECT_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Ve
 
 /// Write `parts` as a new file with `O_DIRECT`: one copy into an aligned buffer, then straight
 /// to the device, no page cache. The padding of the last block is cut off by a truncate before
-/// the sync. `Ok(false)`: the filesystem does not do direct I/O (tmpfs); nothing was written.
+/// the sync. `Ok(false)`: the filesystem does not do direct I/O, refusing it at the open
+/// (tmpfs) or at the write (a logical block larger than the alignment).
 fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = match fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(path) {
@@ -109,11 +110,15 @@ fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<bool> {
         }
         file.sync_data()
     })();
+    let result = match result {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        other => other.map(|()| true),
+    };
     let mut pool = DIRECT_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
     if pool.len() < DIRECT_BUFFERS_KEPT {
         pool.push(buf);
     }
-    result.map(|()| true)
+    result
 }
 
 /// The local filesystem through `std::fs`.
@@ -174,14 +179,12 @@ impl Disk for RealDisk {
         Ok(fs::metadata(path)?.len())
     }
     fn write_synced(&self, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-        match write_direct(path, parts) {
-            Ok(true) => Ok(()),
-            // The filesystem refused direct I/O, at the open or at the write (a logical block
-            // larger than the alignment): write through the page cache instead.
-            Ok(false) => write_buffered(self, path, parts),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => write_buffered(self, path, parts),
-            Err(e) => Err(e),
+        if write_direct(path, parts)? {
+            return Ok(());
         }
+        // No direct I/O on this filesystem: through the page cache (`create` truncates what a
+        // refused direct write may have left).
+        write_buffered(self, path, parts)
     }
     fn space(&self, dir: &Path) -> io::Result<DiskSpace> {
         let stat = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;

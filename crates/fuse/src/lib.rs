@@ -417,10 +417,10 @@ impl ShoalFs {
             f.pending.extend(written);
             f.pending_since.get_or_insert_with(std::time::Instant::now);
         }
-        let mut blobs: Vec<BlobId> = f.pending.iter().map(|w| w.blob.blob).collect();
-        blobs.dedup();
-        // Bounded in blobs (intents expire) and in slices (a commit lays each on its chunk).
-        if blobs.len() >= PENDING_BLOBS_MAX || f.pending.len() >= PENDING_SLICES_MAX {
+        // Bounded in blobs (intents expire; a blob's pieces are adjacent) and in slices (a
+        // commit lays each on its chunk).
+        let blobs = f.pending.chunk_by(|a, b| a.blob.blob == b.blob.blob).count();
+        if blobs >= PENDING_BLOBS_MAX || f.pending.len() >= PENDING_SLICES_MAX {
             self.commit_pending(f)?;
         }
         Ok(())

@@ -225,10 +225,7 @@ impl<K: Kv> Sm<'_, K> {
                     MetaReply::Attr(a) => a,
                     other => return Ok(other),
                 };
-                let attr = match self.open(req.session, &attr.handle)? {
-                    MetaReply::Attr(a) => a,
-                    _ => attr,
-                };
+                self.open(req.session, &attr.handle)?;
                 // Refused reservations change nothing: they fail before they write.
                 let intent = match self.alloc_blobs(req.session, cred, &attr.handle, *count, *bytes) {
                     Ok(MetaReply::Intent(i)) => Some(i),

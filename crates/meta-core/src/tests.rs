@@ -101,16 +101,20 @@ impl T {
         let Ok(MetaReply::Intent(intent)) = self.op(MetaOp::AllocBlobs { handle: file, count: 1, bytes: len }) else { panic!() };
         let blob = intent.blobs[0];
         let stores = stores.unwrap_or_else(|| intent.targets.iter().take(3).map(|t| t.store).collect());
-        self.op(MetaOp::Commit(Commit {
-            handle: file,
-            base_version: None,
-            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len }] }],
-            size: len,
-            mtime: self.now,
-            blobs: vec![NewBlob { blob, len, crc: 0, stores }],
-        }))
-        .unwrap();
+        self.op(MetaOp::Commit(one_blob_commit(file, blob, len, stores, self.now))).unwrap();
         blob
+    }
+}
+
+/// A commit making `blob` (`len` bytes, held by `stores`) the whole content of `file`.
+fn one_blob_commit(file: FileHandle, blob: BlobId, len: u64, stores: Vec<StoreId>, mtime: i64) -> Commit {
+    Commit {
+        handle: file,
+        base_version: None,
+        chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len }] }],
+        size: len,
+        mtime,
+        blobs: vec![NewBlob { blob, len, crc: 0, stores }],
     }
 }
 
@@ -645,14 +649,8 @@ fn create_open_reserve_brings_an_intent_for_the_new_file() {
     assert_eq!(intent.blobs.len(), 1);
     assert_eq!(t.kv.len(Table::Opens), 1, "the file is open");
     let blob = intent.blobs[0];
-    let r = t.op(MetaOp::Commit(Commit {
-        handle: attr.handle,
-        base_version: None,
-        chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
-        size: 10,
-        mtime: 0,
-        blobs: vec![NewBlob { blob, len: 10, crc: 0, stores: intent.targets.iter().map(|s| s.store).collect() }],
-    }));
+    let stores = intent.targets.iter().map(|s| s.store).collect();
+    let r = t.op(MetaOp::Commit(one_blob_commit(attr.handle, blob, 10, stores, 0)));
     assert!(matches!(r, Ok(MetaReply::Attr(ref a)) if a.size == 10), "{r:?}");
     // Where AllocBlobs would be refused, the file is still created, without an intent.
     let d = t.must_mkdir(ROOT, "d");

@@ -119,10 +119,9 @@ impl StoreService {
                     return Err(FsError::PermissionDenied);
                 }
                 self.check_term(term)?;
-                self.recent.remove(blob);
                 let blobs = self.blobs.clone();
                 tokio::task::spawn_blocking(move || blobs.delete(blob)).await.map_err(blocking_err)??;
-                // Again: a put finishing meanwhile may have kept it.
+                // After the deletion: a put finishing meanwhile may have kept it.
                 self.recent.remove(blob);
                 Ok((StoreReply::Ok, Bytes::new()))
             }
@@ -287,9 +286,6 @@ async fn heartbeat_loop(service: Arc<StoreService>, client: Arc<Client>, cfg: St
                 } else {
                     service.scrub.requested(orders.scrub_epoch);
                     // Deletions.
-                    for b in &orders.delete {
-                        service.recent.remove(*b);
-                    }
                     let blobs = service.blobs.clone();
                     let del = deleted.clone();
                     let scrub = service.scrub.clone();
