@@ -92,6 +92,15 @@ pub async fn run(dir: &Path, size_mib: u64, creates: u64, rounds: usize, files: 
     lat.sort();
     rows.push(("create latency p50, ms".into(), lat[lat.len() / 2].as_secs_f64() * 1000.0, "1 client".into()));
     rows.push(("create latency p99, ms".into(), lat[lat.len() * 99 / 100].as_secs_f64() * 1000.0, "1 client".into()));
+    // A read (linearizable: within the leader's read lease, or after a leadership check).
+    let mut lat = Vec::new();
+    for i in 0..500 {
+        let t = Instant::now();
+        client.lookup(d.handle, &format!("lat{i}")).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    rows.push(("lookup latency p50, ms".into(), lat[lat.len() / 2].as_secs_f64() * 1000.0, "1 client".into()));
     for c in &clients {
         let _ = c.close().await;
     }

@@ -58,7 +58,13 @@ struct State {
     recorded: Option<(Instant, HashSet<SessionId>)>,
     /// Promises a previous leader may have given, for the term this node leads.
     inherited: Option<Inherited>,
+    /// Sessions closed lately (oldest first, at most `ENDED_MAX`): a poll still in flight when
+    /// the session closed must not make it a watcher again.
+    ended: std::collections::VecDeque<SessionId>,
 }
+
+/// Closed sessions remembered, so a late poll is refused.
+const ENDED_MAX: usize = 4096;
 
 struct Inherited {
     term: u64,
@@ -92,6 +98,7 @@ impl Promises {
                 grants_since_sweep: 0,
                 recorded: None,
                 inherited: None,
+                ended: std::collections::VecDeque::new(),
             }),
         }
     }
@@ -176,6 +183,9 @@ impl Promises {
     /// another leader (it dropped them, or never had any).
     pub fn poll(&self, session: SessionId, acks: &[u64], fresh: bool, now: Instant) -> (Vec<Callback>, Arc<Notify>) {
         let mut st = self.lock();
+        if st.ended.contains(&session) {
+            return (Vec::new(), Arc::new(Notify::new()));
+        }
         if fresh {
             if let Some(inh) = &mut st.inherited {
                 if inh.waiting.remove(&session) && inh.waiting.is_empty() {
@@ -197,6 +207,33 @@ impl Promises {
             }
         }
         (std::mem::take(&mut w.queue), w.wake.clone())
+    }
+
+    /// A session closed (its mount unmounted first): it holds no promise any more, so no
+    /// change waits for it, and writers waiting on its acknowledgements go ahead now instead of
+    /// at the end of its lease.
+    pub fn end_session(&self, session: SessionId) {
+        let mut st = self.lock();
+        // Dropping the unacknowledged senders releases the writers waiting on them.
+        st.watchers.remove(&session);
+        st.holders.retain(|_, hs| {
+            hs.remove(&session);
+            !hs.is_empty()
+        });
+        if let Some(inh) = &mut st.inherited {
+            if inh.waiting.remove(&session) && inh.waiting.is_empty() {
+                inh.done.notify_waiters();
+            }
+        }
+        if st.ended.len() == ENDED_MAX {
+            st.ended.pop_front();
+        }
+        st.ended.push_back(session);
+    }
+
+    /// Whether `session` closed lately (its polls are refused).
+    pub fn has_ended(&self, session: SessionId) -> bool {
+        self.lock().ended.contains(&session)
     }
 
     /// Forget every promise and watcher (this node is no longer the leader).
@@ -348,6 +385,26 @@ mod tests {
         assert!(wait.acked.try_recv().is_err(), "not acknowledged yet");
         p.poll(A, &[cbs[0].id], true, now);
         assert!(wait.acked.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_holds_no_writer() {
+        let p = p();
+        let now = Instant::now();
+        covered(&p, now);
+        p.poll(A, &[], true, now);
+        p.begin(A, &[InodeId(5), InodeId(6)], now);
+        let mut waiting = p.break_promises(B, &[Invalidate::Inode(InodeId(5))], now).pop().unwrap().acked;
+        p.end_session(A);
+        // The writer already waiting goes ahead (not at the end of A's lease) ...
+        assert!(matches!(waiting.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
+        // ... later changes find nothing to call back ...
+        assert!(p.break_promises(B, &[Invalidate::Inode(InodeId(6))], now).is_empty());
+        assert_eq!(p.holders_of(InodeId(6)), 0);
+        // ... and A gets no promise again, even from a poll that was under way.
+        assert!(p.has_ended(A) && !p.has_ended(B));
+        p.poll(A, &[], true, now);
+        assert_eq!(p.begin(A, &[InodeId(5)], now), None);
     }
 
     #[tokio::test]

@@ -151,6 +151,9 @@ impl MetaService {
         if session == SessionId(0) {
             return Err(FsError::Invalid("the callback channel needs a session".into()));
         }
+        if self.promises.has_ended(session) {
+            return Err(FsError::SessionExpired);
+        }
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader != Some(m.id) {
             return Err(FsError::NotLeader { leader_hint: m.current_leader.map(MetaNodeId) });
@@ -281,6 +284,7 @@ impl MetaService {
             return self.read(req).await;
         }
         let is_heartbeat = matches!(req.op, MetaOp::StoreHeartbeat(_));
+        let is_close = matches!(req.op, MetaOp::CloseSession);
         let (writer, invalidates) = (req.session, req.op.invalidates());
         // A request that arrived while this leader still had its majority but lost it while
         // waiting is refused as soon as the loss shows, not left to the client's timeout: the
@@ -291,6 +295,10 @@ impl MetaService {
             e = self.quorum_lost() => return Err(e),
         };
         self.call_back(writer, &invalidates).await;
+        if is_close {
+            // A mount closes its session once unmounted: nothing it cached is left to call back.
+            self.promises.end_session(writer);
+        }
         if is_heartbeat {
             if let MetaReply::StoreOrders(orders) = &mut reply {
                 orders.term = Term(self.raft.metrics().borrow().current_term);
