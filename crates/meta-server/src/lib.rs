@@ -15,6 +15,7 @@ pub mod callbacks;
 pub mod network;
 pub mod service;
 pub mod store;
+pub mod wal;
 
 use openraft::{BasicNode, Config, Raft};
 use shoal_types::config::MetaConfig;
@@ -56,7 +57,7 @@ pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
     let dbs = store::open_dbs(&config.data_dir, config.cache_size_bytes).context("open the metadata databases")?;
     let db = dbs.sm.clone();
-    let log_store = store::LogStore::new(dbs.log, dbs.sm);
+    let log_store = store::LogStore::new(dbs.log, dbs.sm, &config.data_dir.join("raft-log")).context("open the Raft log")?;
     let state_machine = store::StateMachine::new(db.clone(), config.data_dir.join("snapshots"))?;
     let server_tls = shoal_pki::server_config(&config.tls).context("load TLS files")?;
     let client_tls = shoal_pki::client_config(&config.tls).context("load TLS files")?;

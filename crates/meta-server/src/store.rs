@@ -1,11 +1,12 @@
-//! Persistent Raft log and state machine, both in one redb database.
+//! Persistent Raft log and state machine.
 //!
-//! - Log entries are appended in a durable (fsynced) transaction; `log_io_completed` is called
-//!   only after the commit returned.
-//! - Entries are applied in transactions committed without fsync: the log already made them
-//!   durable, and after a crash openraft re-applies from the persisted `last_applied`. Any later
-//!   durable commit (a log append, a purge) makes earlier applies durable too, and a purge is
-//!   always durable, so the log is never purged past what the state machine has on disk.
+//! - Log entries are appended to segment files ([`crate::wal`]), many appends per `fdatasync`;
+//!   `log_io_completed` is called only after it returned. The vote and the purge point are kept
+//!   in `raft-log.redb` (durable transactions).
+//! - Entries are applied in transactions on `meta.redb` committed without fsync: the log already
+//!   made them durable, and after a crash openraft re-applies from the persisted `last_applied`.
+//!   A purge first makes the state machine durable, so the log is never purged past what the
+//!   state machine has on disk.
 //! - Snapshots are streamed to and from files: a snapshot is every state-machine table dumped in
 //!   key order, each record length-prefixed, ending with a CRC32C of the whole file.
 
@@ -20,6 +21,7 @@ use shoal_meta_core::kv::{Kv, KvPair, KvRead, Table, TABLES};
 use shoal_meta_core::Command;
 use shoal_types::codec;
 use shoal_types::meta_msg::MetaResponse;
+use crate::wal::{WalReader, WalWriter};
 use std::fmt::Debug;
 use std::io::{Read, Write};
 use std::ops::RangeBounds;
@@ -224,37 +226,48 @@ enum LogOp {
     Purge(LogId<NodeId>, std::sync::mpsc::SyncSender<Result<(), String>>),
 }
 
-/// The Raft log. `append` returns at once: entries wait in `pending` (readable) while the writer
-/// thread makes them durable, many appends per fsync, and then reports them flushed. So the Raft
-/// core never waits on the disk, and concurrent entries share one fsync (group commit of the log).
+/// A log read of at most this many entries is served on the calling task (they are in the page
+/// cache: a replication of recent entries); a longer one on a blocking thread.
+const INLINE_READ_MAX: u64 = 64;
+
+/// The Raft log: entries in the segment files of [`crate::wal`], the vote and the purge point in
+/// `raft-log.redb`. `append` returns at once: entries wait in `pending` (readable) while the
+/// writer thread makes them durable, many appends per `fdatasync`, and then reports them flushed
+/// (group commit of the log).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     /// The state machine's database: made durable before any purge.
     sm: Arc<Database>,
+    wal: WalReader<LogId<NodeId>>,
     pending: Arc<Mutex<BTreeMap<u64, LogEntry>>>,
     tx: std::sync::mpsc::Sender<LogOp>,
 }
 
+fn entry_id(bytes: &[u8]) -> std::io::Result<(u64, LogId<NodeId>)> {
+    let e: LogEntry = codec::decode(bytes).map_err(std::io::Error::other)?;
+    Ok((e.log_id.index, e.log_id))
+}
+
 impl LogStore {
-    pub fn new(db: Arc<Database>, sm: Arc<Database>) -> LogStore {
+    /// Open the log whose entries are in `wal_dir`. Entries an earlier format kept in
+    /// `raft-log.redb` move into the segment files first (an upgrade in place).
+    pub fn new(db: Arc<Database>, sm: Arc<Database>, wal_dir: &Path) -> anyhow::Result<LogStore> {
+        let last_purged: Option<LogId<NodeId>> = read_meta(&db, "last_purged")?;
+        let (mut writer, wal) = crate::wal::open(wal_dir, last_purged.map(|l| l.index), entry_id)?;
+        upgrade_log_entries(&db, &mut writer, &wal, last_purged.map(|l| l.index))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let pending: Arc<Mutex<BTreeMap<u64, LogEntry>>> = Arc::default();
         let (wdb, wpending) = (db.clone(), pending.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || log_writer(wdb, wpending, rx))
+            .spawn(move || log_writer(wdb, writer, wpending, rx))
             .expect("spawn the log writer");
-        LogStore { db, sm, pending, tx }
+        Ok(LogStore { db, sm, wal, pending, tx })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> SResult<Option<T>> {
-        let txn = self.db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
-        let table = txn.open_table(RAFT_META).map_err(|e| log_err(ErrorVerb::Read, e))?;
-        match table.get(key).map_err(|e| log_err(ErrorVerb::Read, e))? {
-            None => Ok(None),
-            Some(v) => codec::decode(v.value()).map(Some).map_err(|e| log_err(ErrorVerb::Read, e)),
-        }
+        read_meta(&self.db, key).map_err(|e| log_err(ErrorVerb::Read, e))
     }
 
     async fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> SResult<()> {
@@ -283,7 +296,44 @@ impl LogStore {
     }
 }
 
-fn log_writer(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, LogEntry>>>, rx: std::sync::mpsc::Receiver<LogOp>) {
+fn read_meta<T: serde::de::DeserializeOwned>(db: &Database, key: &str) -> anyhow::Result<Option<T>> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(RAFT_META)?;
+    match table.get(key)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+    }
+}
+
+/// Format 2 kept the log entries in `raft-log.redb`: move them into the segment files, durably,
+/// and only then drop the table (a crash in between finds them in both and keeps the files').
+fn upgrade_log_entries(db: &Database, writer: &mut WalWriter<LogId<NodeId>>, wal: &WalReader<LogId<NodeId>>, purged: Option<u64>) -> anyhow::Result<()> {
+    let rows: Vec<(u64, Vec<u8>)> = {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        table.iter()?.map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec()))).collect::<Result<_, _>>()?
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if wal.is_empty() {
+        let mut moved = Vec::new();
+        for (i, bytes) in &rows {
+            if purged.is_none_or(|p| *i > p) {
+                moved.push((*i, entry_id(bytes)?.1, &bytes[..]));
+            }
+        }
+        writer.append(moved)?;
+        tracing::info!(entries = rows.len(), "upgraded the data directory: the Raft log moved to segment files");
+    }
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.delete_table(LOG)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn log_writer(db: Arc<Database>, mut wal: WalWriter<LogId<NodeId>>, pending: Arc<Mutex<BTreeMap<u64, LogEntry>>>, rx: std::sync::mpsc::Receiver<LogOp>) {
     let mut appends: Vec<(Vec<LogEntry>, LogFlushed<TypeConfig>)> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
@@ -294,52 +344,36 @@ fn log_writer(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, LogEntry>>>, r
             match op {
                 LogOp::Append(entries, cb) => appends.push((entries, cb)),
                 LogOp::Truncate(index, reply) => {
-                    flush_appends(&db, &pending, &mut appends);
-                    let r = write_log(&db, |table, _| table.retain_in(index.., |_, _| false).map(|_| ()));
-                    let _ = reply.send(r);
+                    flush_appends(&mut wal, &pending, &mut appends);
+                    let _ = reply.send(wal.truncate(index).map_err(|e| e.to_string()));
                 }
                 LogOp::Purge(log_id, reply) => {
-                    flush_appends(&db, &pending, &mut appends);
-                    let r = write_log(&db, |table, meta| {
-                        meta.insert("last_purged", codec::encode(&log_id).as_slice())?;
-                        table.retain_in(..=log_id.index, |_, _| false).map(|_| ())
-                    });
+                    flush_appends(&mut wal, &pending, &mut appends);
+                    // The purge point is durable before any entry goes.
+                    let r = record_purged(&db, &log_id).and_then(|()| wal.purge(log_id.index).map_err(|e| e.to_string()));
                     let _ = reply.send(r);
                 }
             }
         }
-        flush_appends(&db, &pending, &mut appends);
+        flush_appends(&mut wal, &pending, &mut appends);
     }
 }
 
-type LogTable<'t> = redb::Table<'t, u64, &'static [u8]>;
-type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
-
-/// One durable transaction on the log and its metadata.
-fn write_log(db: &Database, f: impl FnOnce(&mut LogTable<'_>, &mut MetaTable<'_>) -> Result<(), redb::StorageError>) -> Result<(), String> {
+fn record_purged(db: &Database, log_id: &LogId<NodeId>) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
-    {
-        let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-        let mut meta = txn.open_table(RAFT_META).map_err(|e| e.to_string())?;
-        f(&mut table, &mut meta).map_err(|e| e.to_string())?;
-    }
+    txn.open_table(RAFT_META).map_err(|e| e.to_string())?.insert("last_purged", codec::encode(log_id).as_slice()).map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())
 }
 
-/// Write every queued append in one fsynced transaction, then report each one flushed.
-fn flush_appends(db: &Database, pending: &Mutex<BTreeMap<u64, LogEntry>>, appends: &mut Vec<(Vec<LogEntry>, LogFlushed<TypeConfig>)>) {
+/// Write every queued append and make it durable with one `fdatasync`, then report each one
+/// flushed.
+fn flush_appends(wal: &mut WalWriter<LogId<NodeId>>, pending: &Mutex<BTreeMap<u64, LogEntry>>, appends: &mut Vec<(Vec<LogEntry>, LogFlushed<TypeConfig>)>) {
     if appends.is_empty() {
         return;
     }
-    let result = write_log(db, |table, _| {
-        for (entries, _) in appends.iter() {
-            for e in entries {
-                table.insert(e.log_id.index, codec::encode(e).as_slice())?;
-            }
-        }
-        Ok(())
-    });
+    let encoded: Vec<(u64, LogId<NodeId>, Vec<u8>)> = appends.iter().flat_map(|(es, _)| es.iter()).map(|e| (e.log_id.index, e.log_id, codec::encode(e))).collect();
+    let result = wal.append(encoded.iter().map(|(i, id, b)| (*i, *id, &b[..]))).map_err(|e| e.to_string());
     for (entries, cb) in appends.drain(..) {
         if result.is_ok() {
             let mut p = pending.lock().expect("pending lock");
@@ -355,7 +389,6 @@ fn flush_appends(db: &Database, pending: &Mutex<BTreeMap<u64, LogEntry>>, append
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> SResult<Vec<Entry<TypeConfig>>> {
-        let db = self.db.clone();
         let start = match range.start_bound() {
             std::ops::Bound::Included(x) => *x,
             std::ops::Bound::Excluded(x) => x + 1,
@@ -369,23 +402,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
-        let pending = self.pending.clone();
-        tokio::task::spawn_blocking(move || {
+        let (wal, pending) = (self.wal.clone(), self.pending.clone());
+        let read = move || -> SResult<Vec<LogEntry>> {
             let mut out: BTreeMap<u64, LogEntry> = BTreeMap::new();
-            let txn = db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
-            let table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Read, e))?;
-            for row in table.range(start..end).map_err(|e| log_err(ErrorVerb::Read, e))? {
-                let (k, v) = row.map_err(|e| log_err(ErrorVerb::Read, e))?;
-                out.insert(k.value(), codec::decode(v.value()).map_err(|e| log_err(ErrorVerb::Read, e))?);
+            for (i, bytes) in wal.read(start..end).map_err(|e| log_err(ErrorVerb::Read, e))? {
+                out.insert(i, codec::decode(&bytes).map_err(|e| log_err(ErrorVerb::Read, e))?);
             }
-            // Entries not yet flushed are newer than what the table holds at their index.
+            // Entries not yet flushed are newer than what the files hold at their index.
             for (i, e) in pending.lock().expect("pending lock").range(start..end) {
                 out.insert(*i, e.clone());
             }
             Ok(out.into_values().collect())
-        })
-        .await
-        .map_err(|e| log_err(ErrorVerb::Read, e))?
+        };
+        if end - start <= INLINE_READ_MAX {
+            return read();
+        }
+        tokio::task::spawn_blocking(read).await.map_err(|e| log_err(ErrorVerb::Read, e))?
     }
 }
 
@@ -397,15 +429,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some((_, e)) = self.pending.lock().expect("pending lock").last_key_value() {
             return Ok(LogState { last_purged_log_id: last_purged, last_log_id: Some(e.log_id) });
         }
-        let txn = self.db.begin_read().map_err(|e| log_err(ErrorVerb::Read, e))?;
-        let table = txn.open_table(LOG).map_err(|e| log_err(ErrorVerb::Read, e))?;
-        let last = match table.last().map_err(|e| log_err(ErrorVerb::Read, e))? {
-            Some((_, v)) => {
-                let e: Entry<TypeConfig> = codec::decode(v.value()).map_err(|e| log_err(ErrorVerb::Read, e))?;
-                Some(e.log_id)
-            }
-            None => last_purged,
-        };
+        let last = self.wal.last().map(|(_, id)| id).or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
