@@ -86,9 +86,15 @@ struct Inner {
     disk: Tier,
 }
 
+/// Blocks waiting for the disk writer at most; a block that finds the queue full stays in
+/// memory only (a fast stream is not slowed to the local disk's pace).
+const DISK_QUEUE_BLOCKS: usize = 256;
+
 pub struct BlockCache {
     config: CacheConfig,
     inner: Mutex<Inner>,
+    /// The disk writer's queue, started with the first block cached inside a runtime.
+    disk_queue: std::sync::OnceLock<std::sync::mpsc::SyncSender<(Key, Bytes)>>,
 }
 
 fn file_name(key: &Key) -> String {
@@ -125,7 +131,11 @@ impl BlockCache {
                 disk.insert(key, len, tick);
             }
         }
-        let cache = BlockCache { config, inner: Mutex::new(Inner { tick, mem: Tier::default(), data: HashMap::new(), disk }) };
+        let cache = BlockCache {
+            config,
+            inner: Mutex::new(Inner { tick, mem: Tier::default(), data: HashMap::new(), disk }),
+            disk_queue: std::sync::OnceLock::new(),
+        };
         let evicted = cache.lock().disk.over(cache.config.disk_bytes);
         cache.remove_files(&evicted);
         Ok(Arc::new(cache))
@@ -190,20 +200,34 @@ impl BlockCache {
         }
     }
 
-    /// Cache a block fetched from a storage server: in memory now, on disk in the background
-    /// (inside a tokio runtime) so the read that fetched it does not wait for the local disk.
+    /// Cache a block fetched from a storage server: in memory now, on disk by one writer thread
+    /// (inside a tokio runtime) so the read that fetched it does not wait for the local disk;
+    /// outside a runtime (tests), on disk before returning.
     pub fn put(self: &Arc<Self>, blob: BlobId, block: u64, data: Bytes) {
         self.remember((blob, block), data.clone());
         if self.config.dir.is_none() || data.len() as u64 > self.config.disk_bytes {
             return;
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let me = self.clone();
-                rt.spawn_blocking(move || me.store_on_disk((blob, block), &data));
-            }
-            Err(_) => self.store_on_disk((blob, block), &data),
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.store_on_disk((blob, block), &data);
         }
+        let queue = self.disk_queue.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Key, Bytes)>(DISK_QUEUE_BLOCKS);
+            let cache = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new().name("cache-disk-writer".into()).spawn(move || {
+                // Ends when the cache (holding the sender) is dropped.
+                while let Ok((key, data)) = rx.recv() {
+                    let Some(cache) = cache.upgrade() else { return };
+                    cache.store_on_disk(key, &data);
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!("no disk cache writer: {e}");
+            }
+            tx
+        });
+        // Full (or no writer): this block stays in memory only.
+        let _ = queue.try_send(((blob, block), data));
     }
 
     fn store_on_disk(&self, key: Key, data: &[u8]) {
@@ -239,11 +263,12 @@ fn read_block_file(raw: &[u8]) -> Option<Bytes> {
 
 /// Written beside and renamed into place, so a crash leaves no half block under a valid name.
 fn write_block_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut raw = Vec::with_capacity(data.len() + 4);
-    raw.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    raw.extend_from_slice(data);
-    std::fs::write(&tmp, &raw)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&crc32c::crc32c(data).to_le_bytes())?;
+    file.write_all(data)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 
