@@ -760,7 +760,8 @@ impl<K: Kv> Sm<'_, K> {
             }
         }
         if kept.len() >= crate::COMPACT_SLICES_MIN {
-            self.kv.put(Table::Fragmented, &ckey, &[]);
+            // When it was last written (the compactor waits until it is quiet).
+            store(self.kv, Table::Fragmented, &ckey, &self.now);
         } else {
             self.kv.delete(Table::Fragmented, &ckey);
         }

@@ -101,6 +101,9 @@ pub const REPAIR_REASSIGN_NS: TimeNs = 30_000_000_000;
 pub const EXPIRE_PER_TICK_MAX: usize = 1024;
 /// A chunk with at least this many slices is queued for the compactor.
 pub const COMPACT_SLICES_MIN: usize = 16;
+/// A fragmented chunk is compacted only once no write laid slices on it for this long: a chunk
+/// still being written would be rewritten (all of it) again and again.
+pub const COMPACT_QUIET_NS: i64 = 5_000_000_000;
 /// Hard links to one file.
 pub const LINKS_MAX: u32 = 32_000;
 

@@ -18,7 +18,7 @@ pub fn read(kv: &impl KvRead, req: &MetaRequest, now: TimeNs) -> MetaResponse {
     read_op(kv, &req.cred, &req.op, now)
 }
 
-pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: TimeNs) -> MetaResponse {
+pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: TimeNs) -> MetaResponse {
     match op {
         MetaOp::Lookup { parent, name } => {
             let dir = dir_of(kv, parent)?;
@@ -143,9 +143,15 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, _now: T
             if cred.uid != 0 {
                 return Err(FsError::NotPermitted);
             }
-            let rows = kv.scan(Table::Fragmented, &[], &[0xff; 17], (*limit).clamp(1, 1024) as usize);
-            let mut out = Vec::with_capacity(rows.len());
-            for (k, _) in rows {
+            let limit = (*limit).clamp(1, 1024) as usize;
+            let rows = kv.scan(Table::Fragmented, &[], &[0xff; 17], limit * 8);
+            let mut out = Vec::with_capacity(limit);
+            for (k, v) in rows {
+                // Written lately: later (an empty value is a record of format 1: at once).
+                let written: TimeNs = codec::decode(&v).unwrap_or(TimeNs::MIN);
+                if now.saturating_sub(written) < crate::COMPACT_QUIET_NS || out.len() == limit {
+                    continue;
+                }
                 let ino = InodeId(key::read_u64(&k, 0));
                 let Some(rec) = load::<InodeRec>(kv, Table::Inodes, &key::u64(ino.0)) else { continue };
                 let handle = FileHandle { volume: VolumeId(1), inode: ino, generation: Generation(rec.generation) };

@@ -45,43 +45,49 @@ pub struct Extent {
 /// Flatten a chunk's slice list (later over earlier) into non-overlapping extents sorted by
 /// offset, clipped to `chunk_len` (the part of the chunk below the file size). Gaps are holes.
 pub fn resolve_chunk(slices: &[Slice], chunk_len: u64) -> Vec<Extent> {
-    // Start with one hole and overlay each slice in order.
-    let mut extents: Vec<Extent> = vec![Extent { offset_in_chunk: 0, len: chunk_len, blob: None, blob_offset: 0 }];
+    // Extents by offset, never overlapping; each slice replaces what it covers. A commit after
+    // many small writes lays thousands of slices on one chunk: each costs a few map operations,
+    // not a pass over every extent.
+    let mut extents: std::collections::BTreeMap<u64, Extent> = std::collections::BTreeMap::new();
+    extents.insert(0, Extent { offset_in_chunk: 0, len: chunk_len, blob: None, blob_offset: 0 });
+    let mut hit = Vec::new();
     for s in slices {
         let (s_start, s_end) = (s.offset_in_chunk.min(chunk_len), s.end_in_chunk().min(chunk_len));
         if s_start >= s_end {
             continue;
         }
-        let mut next = Vec::with_capacity(extents.len() + 2);
-        for e in extents {
-            let (e_start, e_end) = (e.offset_in_chunk, e.offset_in_chunk + e.len);
-            if e_end <= s_start || e_start >= s_end {
-                next.push(e);
-                continue;
+        hit.clear();
+        if let Some((&k, e)) = extents.range(..=s_start).next_back() {
+            if k + e.len > s_start {
+                hit.push(k);
             }
+        }
+        hit.extend(extents.range(s_start + 1..s_end).map(|(k, _)| *k));
+        for k in &hit {
+            let e = extents.remove(k).expect("an extent just found");
+            let (e_start, e_end) = (e.offset_in_chunk, e.offset_in_chunk + e.len);
             if e_start < s_start {
-                next.push(Extent { len: s_start - e_start, ..e.clone() });
+                extents.insert(e_start, Extent { len: s_start - e_start, ..e.clone() });
             }
             if e_end > s_end {
                 let cut = s_end - e_start;
-                next.push(Extent {
-                    offset_in_chunk: s_end,
-                    len: e_end - s_end,
-                    blob: e.blob,
-                    blob_offset: if e.blob.is_some() { e.blob_offset + cut } else { 0 },
-                });
+                extents.insert(
+                    s_end,
+                    Extent {
+                        offset_in_chunk: s_end,
+                        len: e_end - s_end,
+                        blob: e.blob,
+                        blob_offset: if e.blob.is_some() { e.blob_offset + cut } else { 0 },
+                    },
+                );
             }
         }
-        next.push(Extent {
-            offset_in_chunk: s_start,
-            len: s_end - s_start,
-            blob: s.blob,
-            blob_offset: s.blob_offset + (s_start - s.offset_in_chunk),
-        });
-        next.sort_by_key(|e| e.offset_in_chunk);
-        extents = next;
+        extents.insert(
+            s_start,
+            Extent { offset_in_chunk: s_start, len: s_end - s_start, blob: s.blob, blob_offset: s.blob_offset + (s_start - s.offset_in_chunk) },
+        );
     }
-    extents
+    extents.into_values().collect()
 }
 
 /// Redundancy policy of a file's blobs.

@@ -34,7 +34,7 @@ fn gaps_are_holes_and_size_clips() {
 proptest::proptest! {
     /// Resolving must agree with painting bytes one slice after another.
     #[test]
-    fn resolve_matches_byte_model(ops in proptest::collection::vec((0u64..64, 1u64..32, 0u64..8), 0..12)) {
+    fn resolve_matches_byte_model(ops in proptest::collection::vec((0u64..64, 1u64..32, 0u64..8), 0..40)) {
         let chunk_len = 80u64;
         let mut model = vec![0u64; chunk_len as usize]; // 0 = hole, else blob id*1000+offset
         let mut slices = Vec::new();
