@@ -196,10 +196,13 @@ impl Client {
     pub async fn meta_promised(&self, cred: &Credentials, op: MetaOp) -> (MetaResponse, Option<std::time::Instant>) {
         let seq = if op.is_read() { 0 } else { self.seq.fetch_add(1, Ordering::Relaxed) + 1 };
         let sent = std::time::Instant::now();
-        match self.send_meta_as(cred, op, seq).await {
+        let (r, maybe_replayed) = self.send_meta_tracked(cred, op, seq).await;
+        match r {
+            // A replayed answer to a change is as old as the change: no promise covers it.
+            Ok(MetaReply::Promised { reply, .. }) if maybe_replayed && seq != 0 => (Ok(reply.attach_capability()), None),
             Ok(MetaReply::Promised { lease_ms, reply }) => {
                 let lease = Duration::from_millis(lease_ms).mul_f64(PROMISE_SHARE);
-                (Ok(*reply), Some(sent + lease))
+                (Ok(reply.attach_capability()), Some(sent + lease))
             }
             // A layout or intent keeps its capability for the storage servers.
             other => (other.map(MetaReply::attach_capability), None),
@@ -240,6 +243,14 @@ impl Client {
     }
 
     async fn send_meta_as(&self, cred: &Credentials, op: MetaOp, seq: u64) -> MetaResponse {
+        self.send_meta_tracked(cred, op, seq).await.0
+    }
+
+    /// Send with retries; also tells whether an attempt before the one answered may have been
+    /// carried out (its answer lost): the answer is then the first one, replayed from the reply
+    /// table, and describes the state as it was then.
+    async fn send_meta_tracked(&self, cred: &Credentials, op: MetaOp, seq: u64) -> (MetaResponse, bool) {
+        let mut maybe_done = false;
         let req = MetaRequest { session: self.session, seq, cred: cred.clone(), op };
         let mut last_err = FsError::Unavailable("no metadata server answered".into());
         let mut renewed = false;
@@ -250,7 +261,9 @@ impl Client {
             }
             let idx = self.leader.load(Ordering::Relaxed) % self.meta.len();
             let (_, rpc) = &self.meta[idx];
-            self.refresh_tickets(false).await?;
+            if let Err(e) = self.refresh_tickets(false).await {
+                return (Err(e), maybe_done);
+            }
             // Each attempt carries a fresh authenticator: the server accepts each only once.
             let result: Result<(MetaWireResp, Bytes), _> = rpc.call(&self.wire(req.clone()), &[]).await;
             if result.is_ok() {
@@ -259,7 +272,9 @@ impl Client {
             match result {
                 Ok((MetaWireResp::Client(Err(FsError::TicketExpired)), _)) if !renewed => {
                     renewed = true;
-                    self.refresh_tickets(true).await?;
+                    if let Err(e) = self.refresh_tickets(true).await {
+                        return (Err(e), maybe_done);
+                    }
                 }
                 Ok((MetaWireResp::Client(Err(FsError::NotLeader { leader_hint })), _)) => {
                     let next = leader_hint
@@ -268,6 +283,8 @@ impl Client {
                         .unwrap_or((idx + 1) % self.meta.len());
                     self.leader.store(next, Ordering::Relaxed);
                     last_err = FsError::NotLeader { leader_hint };
+                    // A leader that stepped down may have logged the request before answering.
+                    maybe_done = true;
                     if leader_hint.is_none() || next == idx {
                         // An election is on: poll briskly, it ends within a second or two.
                         tokio::time::sleep(backoff(attempt).min(ELECTION_POLL)).await;
@@ -277,17 +294,19 @@ impl Client {
                     // Busy, or a leader cut off from its majority (while the majority may have
                     // elected another): try the next node too.
                     last_err = e;
+                    maybe_done = true;
                     self.leader.store((idx + 1) % self.meta.len(), Ordering::Relaxed);
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Ok((MetaWireResp::Client(r), _)) => return r,
-                Ok((other, _)) => return Err(FsError::Protocol(format!("unexpected reply {other:?}"))),
+                Ok((MetaWireResp::Client(r), _)) => return (r, maybe_done),
+                Ok((other, _)) => return (Err(FsError::Protocol(format!("unexpected reply {other:?}"))), maybe_done),
                 Err(e @ shoal_net::NetError::Handshake { .. }) => {
                     tracing::warn!("metadata server {} refused our certificate: {e}", rpc.addr());
-                    return Err(e.into());
+                    return (Err(e.into()), maybe_done);
                 }
                 Err(e) => {
                     tracing::debug!("metadata server {} unreachable: {e}", rpc.addr());
+                    maybe_done = true;
                     // A node's own answer (say "no quorum") tells more than another's silence.
                     if !matches!(last_err, FsError::Unavailable(ref m) if m.starts_with("no quorum")) {
                         last_err = e.into();
@@ -298,7 +317,7 @@ impl Client {
                 }
             }
         }
-        Err(last_err)
+        (Err(last_err), maybe_done)
     }
 
     fn recently_unreachable(&self, idx: usize) -> bool {

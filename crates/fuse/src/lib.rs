@@ -698,26 +698,33 @@ impl Filesystem for ShoalFs {
             // written with no other round trip before its commit.
             let op = MetaOp::CreateOpenReserve {
                 parent: self.handle(parent),
-                name,
+                name: name.clone(),
                 mode: mode & !umask & 0o7777,
                 exclusive: flags & libc::O_EXCL != 0,
                 count: 1,
                 bytes: shoal_client::data::BLOB_BYTES,
             };
-            match self.run(self.client.meta_as(&self.cred(req), op))? {
-                MetaReply::Created { attr, intent } => Ok((attr, intent)),
+            let since = self.promises.generation();
+            let (r, until) = self.rt.block_on(self.client.meta_promised(&self.cred(req), op));
+            match r.map_err(|e| {
+                tracing::debug!("request failed: {e}");
+                errno(&e)
+            })? {
+                MetaReply::Created { attr, intent } => Ok((attr, intent, until, since, name)),
                 _ => Err(Errno::EIO),
             }
         });
         match r {
-            Ok((a, intent)) => {
+            Ok((a, intent, until, since, name)) => {
                 let attr = self.attr(&a);
+                // Promised like a lookup: the kernel need not ask for the new file's attributes.
+                let granted = self.promises.grant(since, until, a.handle.inode.0, Some((parent.0, &name)));
                 self.page_versions.lock().expect("page versions").insert(a.handle.inode.0, a.version);
                 let fh = self.new_fh(a.handle, flags);
                 if let (Some(intent), Ok(file)) = (intent, self.file(fuser::FileHandle(fh))) {
                     file.lock().expect("file").reserved.fill(a.handle, intent);
                 }
-                reply.created(&NO_TTL, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
+                reply.created(&granted.ttl, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),
         }

@@ -557,6 +557,7 @@ impl<K: Kv> Sm<'_, K> {
                 self.unref_blob(s.blob);
             }
             self.kv.delete(Table::Chunks, &k);
+            self.kv.delete(Table::Fragmented, &k);
         }
         for (k, _) in self.kv.scan(Table::Xattrs, &key::u64(ino.0), &key::prefix_end(ino.0), usize::MAX) {
             self.kv.delete(Table::Xattrs, &k);
@@ -722,6 +723,7 @@ impl<K: Kv> Sm<'_, K> {
                     self.unref_blob_of(ino, s.blob);
                 }
                 self.kv.delete(Table::Chunks, &k);
+                self.kv.delete(Table::Fragmented, &k);
             }
             if size % CHUNK_SIZE != 0 {
                 let idx = size / CHUNK_SIZE;

@@ -144,7 +144,8 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: Ti
                 return Err(FsError::NotPermitted);
             }
             let limit = (*limit).clamp(1, 1024) as usize;
-            let rows = kv.scan(Table::Fragmented, &[], &[0xff; 17], limit * 8);
+            // Chunks still being written are skipped: look well past them.
+            let rows = kv.scan(Table::Fragmented, &[], &[0xff; 17], limit * 64);
             let mut out = Vec::with_capacity(limit);
             for (k, v) in rows {
                 // Written lately: later (an empty value is a record of format 1: at once).

@@ -321,6 +321,33 @@ fn policy_is_inherited_and_fixed_once_data_exists() {
 }
 
 #[test]
+fn a_deleted_or_truncated_file_leaves_nothing_for_the_compactor() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    let g = t.must_create(ROOT, "g");
+    for h in [&f, &g] {
+        for i in 0..crate::COMPACT_SLICES_MIN as u64 {
+            let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: h.handle, count: 1, bytes: 10 }) else { panic!() };
+            let blob = intent.blobs[0];
+            t.op(MetaOp::Commit(Commit {
+                handle: h.handle,
+                base_version: None,
+                chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: i * 10, len: 10 }] }],
+                size: (i + 1) * 10,
+                mtime: 0,
+                blobs: vec![NewBlob { blob, len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] }],
+            }))
+            .unwrap();
+        }
+    }
+    assert_eq!(t.kv.len(Table::Fragmented), 2);
+    t.op(MetaOp::Unlink { parent: ROOT, name: "f".into() }).unwrap();
+    t.op(MetaOp::SetAttr { handle: g.handle, set: SetAttr { size: Some(0), ..Default::default() } }).unwrap();
+    assert_eq!(t.kv.len(Table::Fragmented), 0, "no work is listed for chunks that are gone");
+}
+
+#[test]
 fn fragmented_chunks_are_queued_and_compaction_swaps_only_an_unchanged_chunk() {
     let mut t = T::new();
     t.must_add_stores(3);

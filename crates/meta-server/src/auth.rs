@@ -173,6 +173,9 @@ impl Auth {
     /// A layout or an intent goes out with the capability storage servers will ask for: to read
     /// the layout's blobs, or to put the intent's blobs until the intent ends.
     pub fn with_capability(&self, reply: MetaReply) -> MetaReply {
+        if let MetaReply::Promised { lease_ms, reply } = reply {
+            return MetaReply::Promised { lease_ms, reply: Box::new(self.with_capability(*reply)) };
+        }
         let cap = match &reply {
             MetaReply::Layout(l) if !l.blobs.is_empty() => {
                 self.kdc.keys.sign_capability(shoal_auth::READ, l.blobs.iter().map(|b| b.blob), shoal_auth::now_ns() + READ_CAPABILITY_NS)

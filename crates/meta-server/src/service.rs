@@ -286,6 +286,12 @@ impl MetaService {
         let is_heartbeat = matches!(req.op, MetaOp::StoreHeartbeat(_));
         let is_close = matches!(req.op, MetaOp::CloseSession);
         let (writer, invalidates) = (req.session, req.op.invalidates());
+        // A watching session is promised the file it creates (and the directory it is in), as
+        // if it had looked it up: its mount may cache the new file's attributes.
+        let since = match &req.op {
+            MetaOp::CreateOpenReserve { parent, .. } if writer != SessionId(0) => self.promises.begin(writer, &[parent.inode], tokio::time::Instant::now()),
+            _ => None,
+        };
         // A request that arrived while this leader still had its majority but lost it while
         // waiting is refused as soon as the loss shows, not left to the client's timeout: the
         // client retries elsewhere with the same sequence number, so whether or not this
@@ -295,6 +301,11 @@ impl MetaService {
             e = self.quorum_lost() => return Err(e),
         };
         self.call_back(writer, &invalidates).await;
+        if let (Some(since), MetaReply::Created { attr, .. }) = (since, &reply) {
+            if self.promises.grant_after(writer, attr.handle.inode, since, tokio::time::Instant::now()) {
+                reply = MetaReply::Promised { lease_ms: self.promises.lease().as_millis() as u64, reply: Box::new(reply) };
+            }
+        }
         if is_close {
             // A mount closes its session once unmounted: nothing it cached is left to call back.
             self.promises.end_session(writer);

@@ -316,15 +316,18 @@ fn upgrade_log_entries(db: &Database, writer: &mut WalWriter<LogId<NodeId>>, wal
     if rows.is_empty() {
         return Ok(());
     }
-    if wal.is_empty() {
-        let mut moved = Vec::new();
-        for (i, bytes) in &rows {
-            if purged.is_none_or(|p| *i > p) {
-                moved.push((*i, entry_id(bytes)?.1, &bytes[..]));
-            }
+    // What the files do not hold yet (all of it, unless an earlier upgrade was cut short).
+    let after = wal.last().map(|(i, _)| i).max(purged);
+    let mut moved = Vec::new();
+    for (i, bytes) in &rows {
+        if after.is_none_or(|a| *i > a) {
+            moved.push((*i, entry_id(bytes)?.1, &bytes[..]));
         }
+    }
+    if !moved.is_empty() {
+        let n = moved.len();
         writer.append(moved)?;
-        tracing::info!(entries = rows.len(), "upgraded the data directory: the Raft log moved to segment files");
+        tracing::info!(entries = n, "upgraded the data directory: the Raft log moved to segment files");
     }
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
@@ -404,14 +407,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         let (wal, pending) = (self.wal.clone(), self.pending.clone());
         let read = move || -> SResult<Vec<LogEntry>> {
+            // Pending entries first: the writer indexes an entry in the files before it leaves
+            // `pending`, so every entry is in this copy or in the files read after it (reading
+            // the files first could miss one flushed in between).
+            let unflushed: Vec<(u64, LogEntry)> = pending.lock().expect("pending lock").range(start..end).map(|(i, e)| (*i, e.clone())).collect();
             let mut out: BTreeMap<u64, LogEntry> = BTreeMap::new();
             for (i, bytes) in wal.read(start..end).map_err(|e| log_err(ErrorVerb::Read, e))? {
                 out.insert(i, codec::decode(&bytes).map_err(|e| log_err(ErrorVerb::Read, e))?);
             }
             // Entries not yet flushed are newer than what the files hold at their index.
-            for (i, e) in pending.lock().expect("pending lock").range(start..end) {
-                out.insert(*i, e.clone());
-            }
+            out.extend(unflushed);
             Ok(out.into_values().collect())
         };
         if end - start <= INLINE_READ_MAX {

@@ -82,6 +82,30 @@ fn close_to_open_across_two_mounts() {
     close_to_open(&c, &b, &a, rounds(1000));
 }
 
+#[test]
+fn a_mount_that_created_a_file_sees_the_other_mount_change_it() {
+    // The creating mount is promised the new file's attributes (the kernel caches them without
+    // asking): a change from another mount must be called back, never hidden by that cache.
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    for round in 0..rounds(50) {
+        let name = format!("new{round}");
+        let created = std::fs::OpenOptions::new().write(true).create_new(true).open(a.join(&name)).unwrap();
+        drop(created);
+        assert_eq!(std::fs::metadata(a.join(&name)).unwrap().len(), 0);
+        let body = vec![b'x'; 100 + round];
+        std::fs::OpenOptions::new().append(true).open(b.join(&name)).unwrap().write_all(&body).unwrap();
+        let (meta, read) = (std::fs::metadata(a.join(&name)).unwrap(), std::fs::read(a.join(&name)).unwrap());
+        assert_eq!((meta.len(), read), (body.len() as u64, body), "round {round}: the creating mount missed the other's write");
+        if round % 2 == 0 {
+            std::fs::remove_file(b.join(&name)).unwrap();
+            assert!(!a.join(&name).exists(), "round {round}: the creating mount still sees a removed file");
+        }
+    }
+    assert_eq!(lease_waits(&c), 0, "every callback was acknowledged");
+}
+
 /// How many times the metadata leaders let a change through only once an unacknowledged
 /// callback's promise ran out (their warning, counted in the servers' logs).
 fn lease_waits(c: &TestCluster) -> usize {
