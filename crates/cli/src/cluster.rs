@@ -32,10 +32,33 @@ pub struct StoreEntry {
     pub addr: String,
 }
 
-/// Ports free right now on loopback (the OS picks them).
+/// Ports free right now on loopback, below the range the kernel hands to outgoing connections
+/// (a port taken from that range can be the local end of some connection by the time the
+/// server binds it); the kernel picks them if that range leaves no room below.
 fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let mut listeners = Vec::new();
+    if ephemeral_low > 20_000 {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new();
+        for i in 0..n * 200 {
+            if listeners.len() == n {
+                break;
+            }
+            let mut h = seed.build_hasher();
+            h.write_usize(i);
+            let port = 10_000 + (h.finish() % u64::from(ephemeral_low - 10_000)) as u16;
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(l);
+            }
+        }
+    }
+    while listeners.len() < n {
+        listeners.push(std::net::TcpListener::bind("127.0.0.1:0")?);
+    }
     Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
