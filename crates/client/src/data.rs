@@ -132,6 +132,11 @@ impl Client {
         if ok.len() >= quorum {
             Ok(ok)
         } else {
+            // Given up: the copies that did land are deleted now, not when the intent expires
+            // (a full cluster then frees what a failed write left). Best effort: expiry remains.
+            if let Err(e) = self.meta(MetaOp::AbandonBlobs { blobs: vec![blob] }).await {
+                tracing::debug!("could not abandon blob {blob}: {e}");
+            }
             Err(match last_err {
                 FsError::NoSpace => FsError::NoSpace,
                 e => FsError::Unavailable(format!("blob {blob}: {} of {quorum} copies durable: {e}", ok.len())),

@@ -257,6 +257,16 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
             MetaOp::Commit(c) => self.commit(cred, c, false),
             MetaOp::CommitGrow(c) => self.commit(cred, c, true),
+            MetaOp::AbandonBlobs { blobs } => {
+                for b in blobs {
+                    let ikey = key::u64(b.0);
+                    // Only the session that holds the intent, and only while it does.
+                    if load::<IntentRec>(self.kv, Table::Intents, &ikey).is_some_and(|i| i.session == req.session) {
+                        self.drop_intent(&ikey);
+                    }
+                }
+                Ok(MetaReply::Ok)
+            }
             MetaOp::AddUser(rec) => self.add_user(cred, rec),
             MetaOp::RemoveUser { name } => self.remove_user(cred, name),
             MetaOp::RequestScrub => self.request_scrub(cred),
@@ -342,15 +352,7 @@ impl<K: Kv> Sm<'_, K> {
             }
             if let Ok(rec) = codec::decode::<IntentRec>(&v) {
                 if rec.expires < now {
-                    self.kv.delete(Table::Intents, &k);
-                    let blob = BlobId(key::read_u64(&k, 0));
-                    if load::<BlobInfo>(self.kv, Table::Blobs, &k).is_none() {
-                        // Uncommitted: a writer may have put copies anywhere; every known server
-                        // is told to delete it.
-                        for (sk, _) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
-                            self.kv.put(Table::GcOrders, &key::u64_u64(key::read_u64(&sk, 0), blob.0), &[]);
-                        }
-                    }
+                    self.drop_intent(&k);
                     expired += 1;
                 }
             }
@@ -543,6 +545,18 @@ impl<K: Kv> Sm<'_, K> {
     }
 
     /// Free an inode with no names left and no open handles: its chunks, then the record.
+    /// End the intent of one blob (key `k`); if it was never committed, a writer may have put
+    /// copies anywhere: every known server is told to delete it.
+    fn drop_intent(&mut self, k: &[u8]) {
+        self.kv.delete(Table::Intents, k);
+        let blob = BlobId(key::read_u64(k, 0));
+        if load::<BlobInfo>(self.kv, Table::Blobs, k).is_none() {
+            for (sk, _) in self.kv.scan(Table::Stores, &[], &[0xff; 9], usize::MAX) {
+                self.kv.put(Table::GcOrders, &key::u64_u64(key::read_u64(&sk, 0), blob.0), &[]);
+            }
+        }
+    }
+
     fn maybe_free_inode(&mut self, ino: InodeId) {
         let Some(rec) = load::<InodeRec>(self.kv, Table::Inodes, &key::u64(ino.0)) else { return };
         if rec.nlink > 0 && !(rec.kind == FileKind::Dir && rec.nlink == 0) {

@@ -321,6 +321,37 @@ fn policy_is_inherited_and_fixed_once_data_exists() {
 }
 
 #[test]
+fn an_abandoned_blob_is_deleted_at_once_and_only_its_writer_may_abandon_it() {
+    let mut t = T::new();
+    t.must_add_stores(4);
+    let f = t.must_create(ROOT, "f");
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 2, bytes: 10 }) else { panic!() };
+    let (mine, kept) = (intent.blobs[0], intent.blobs[1]);
+    // Another session cannot end this writer's intent.
+    let writer = t.session;
+    let Ok(MetaReply::Session { session: other, .. }) = t.op(MetaOp::OpenSession { client: "other".into() }) else { panic!() };
+    t.session = other;
+    t.op(MetaOp::AbandonBlobs { blobs: vec![mine] }).unwrap();
+    assert_eq!(t.kv.len(Table::GcOrders), 0);
+    t.session = writer;
+    t.op(MetaOp::AbandonBlobs { blobs: vec![mine] }).unwrap();
+    // Its copies may be anywhere: every server is told to delete it; the other blob stays.
+    assert_eq!(t.kv.len(Table::GcOrders), 4);
+    assert!(crate::kv::KvRead::get(&t.kv, Table::Intents, &crate::kv::key::u64(mine.0)).is_none());
+    assert!(crate::kv::KvRead::get(&t.kv, Table::Intents, &crate::kv::key::u64(kept.0)).is_some());
+    // A commit naming it is refused.
+    let r = t.op(MetaOp::Commit(Commit {
+        handle: f.handle,
+        base_version: None,
+        chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(mine), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
+        size: 10,
+        mtime: 0,
+        blobs: vec![NewBlob { blob: mine, len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] }],
+    }));
+    assert_eq!(r, Err(FsError::IntentExpired));
+}
+
+#[test]
 fn a_deleted_or_truncated_file_leaves_nothing_for_the_compactor() {
     let mut t = T::new();
     t.must_add_stores(3);

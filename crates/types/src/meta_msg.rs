@@ -114,6 +114,9 @@ pub enum MetaOp {
     /// [`MetaOp::Commit`] whose `size` is a floor: the file grows to it if shorter and never
     /// shrinks, decided when the commit applies (a writer need not read the size first).
     CommitGrow(Commit),
+    /// The writer gave up on these blobs of its intents (their put failed): copies some servers
+    /// may hold are deleted now, not when the intent would have expired.
+    AbandonBlobs { blobs: Vec<BlobId> },
 }
 
 /// A registered user, as stored by the metadata service.
