@@ -223,7 +223,7 @@ impl BlockCache {
     }
 
     /// A cached block, from memory or else from disk (verified; a bad one is dropped).
-    pub fn get(self: &Arc<Self>, blob: BlobId, block: u64) -> Option<Bytes> {
+    pub fn get(&self, blob: BlobId, block: u64) -> Option<Bytes> {
         use std::os::unix::fs::FileExt;
         let key = (blob, block);
         {

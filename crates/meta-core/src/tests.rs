@@ -107,6 +107,24 @@ impl T {
 }
 
 /// A commit making `blob` (`len` bytes, held by `stores`) the whole content of `file`.
+/// Lay enough 10-byte slices, one commit each, on chunk 0 of `file` to queue it for the
+/// compactor.
+fn lay_small_slices(t: &mut T, file: FileHandle) {
+    for i in 0..crate::COMPACT_SLICES_MIN as u64 {
+        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: file, count: 1, bytes: 10 }) else { panic!() };
+        let blob = intent.blobs[0];
+        t.op(MetaOp::Commit(Commit {
+            handle: file,
+            base_version: None,
+            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: i * 10, len: 10 }] }],
+            size: (i + 1) * 10,
+            mtime: 0,
+            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] }],
+        }))
+        .unwrap();
+    }
+}
+
 fn one_blob_commit(file: FileHandle, blob: BlobId, len: u64, stores: Vec<StoreId>, mtime: i64) -> Commit {
     Commit {
         handle: file,
@@ -340,14 +358,7 @@ fn an_abandoned_blob_is_deleted_at_once_and_only_its_writer_may_abandon_it() {
     assert!(crate::kv::KvRead::get(&t.kv, Table::Intents, &crate::kv::key::u64(mine.0)).is_none());
     assert!(crate::kv::KvRead::get(&t.kv, Table::Intents, &crate::kv::key::u64(kept.0)).is_some());
     // A commit naming it is refused.
-    let r = t.op(MetaOp::Commit(Commit {
-        handle: f.handle,
-        base_version: None,
-        chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(mine), blob_offset: 0, offset_in_chunk: 0, len: 10 }] }],
-        size: 10,
-        mtime: 0,
-        blobs: vec![NewBlob { blob: mine, len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] }],
-    }));
+    let r = t.op(MetaOp::Commit(one_blob_commit(f.handle, mine, 10, vec![StoreId(1), StoreId(2), StoreId(3)], 0)));
     assert_eq!(r, Err(FsError::IntentExpired));
 }
 
@@ -357,21 +368,8 @@ fn a_deleted_or_truncated_file_leaves_nothing_for_the_compactor() {
     t.must_add_stores(3);
     let f = t.must_create(ROOT, "f");
     let g = t.must_create(ROOT, "g");
-    for h in [&f, &g] {
-        for i in 0..crate::COMPACT_SLICES_MIN as u64 {
-            let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: h.handle, count: 1, bytes: 10 }) else { panic!() };
-            let blob = intent.blobs[0];
-            t.op(MetaOp::Commit(Commit {
-                handle: h.handle,
-                base_version: None,
-                chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: i * 10, len: 10 }] }],
-                size: (i + 1) * 10,
-                mtime: 0,
-                blobs: vec![NewBlob { blob, len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] }],
-            }))
-            .unwrap();
-        }
-    }
+    lay_small_slices(&mut t, f.handle);
+    lay_small_slices(&mut t, g.handle);
     assert_eq!(t.kv.len(Table::Fragmented), 2);
     t.op(MetaOp::Unlink { parent: ROOT, name: "f".into() }).unwrap();
     t.op(MetaOp::SetAttr { handle: g.handle, set: SetAttr { size: Some(0), ..Default::default() } }).unwrap();
@@ -383,21 +381,7 @@ fn fragmented_chunks_are_queued_and_compaction_swaps_only_an_unchanged_chunk() {
     let mut t = T::new();
     t.must_add_stores(3);
     let f = t.must_create(ROOT, "f");
-    let mut blobs = Vec::new();
-    for i in 0..crate::COMPACT_SLICES_MIN as u64 {
-        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
-        let blob = intent.blobs[0];
-        blobs.push(blob);
-        t.op(MetaOp::Commit(Commit {
-            handle: f.handle,
-            base_version: None,
-            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: i * 10, len: 10 }] }],
-            size: (i + 1) * 10,
-            mtime: 0,
-            blobs: vec![NewBlob { blob, len: 10, crc: 0, stores: vec![StoreId(1), StoreId(2), StoreId(3)] }],
-        }))
-        .unwrap();
-    }
+    lay_small_slices(&mut t, f.handle);
     let MetaReply::Fragmented(queued) = t.read(MetaOp::FragmentedChunks { limit: 10 }).unwrap() else { panic!() };
     assert_eq!(queued, vec![], "a chunk just written is not compacted yet");
     t.now += crate::COMPACT_QUIET_NS;

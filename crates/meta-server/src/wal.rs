@@ -234,7 +234,7 @@ impl<I: Copy> WalWriter<I> {
     pub fn truncate(&mut self, from: u64) -> io::Result<()> {
         let io = self.io.clone();
         let _no_reads = io.write().expect("wal io lock");
-        let (cut, later) = {
+        let (cut, file, later) = {
             let mut ix = self.index.lock().expect("wal index");
             let Some(first) = ix.entries.range(from..).next().map(|(_, l)| *l) else { return Ok(()) };
             ix.entries.split_off(&from);
@@ -242,7 +242,8 @@ impl<I: Copy> WalWriter<I> {
             for s in &later {
                 ix.files.remove(s);
             }
-            (first, later)
+            let file = ix.files.get(&first.seg).cloned().ok_or_else(|| corrupt("truncated segment missing".into()))?;
+            (first, file, later)
         };
         // Later segments go first, newest first, so a crash in between leaves a prefix of the
         // log, never a gap.
@@ -253,7 +254,6 @@ impl<I: Copy> WalWriter<I> {
             sync_dir(&self.dir)?;
         }
         let start = cut.off - RECORD_HEADER as u64;
-        let file = self.index.lock().expect("wal index").files.get(&cut.seg).cloned().ok_or_else(|| corrupt("truncated segment missing".into()))?;
         file.set_len(start)?;
         file.sync_all()?;
         (self.tail_seq, self.tail, self.tail_len) = (cut.seg, file, start);
@@ -349,6 +349,15 @@ mod tests {
         std::fs::read_dir(dir).unwrap().count()
     }
 
+    /// A log holding entries 1 and 2 (50 bytes of filler each): its one segment and its length.
+    fn two_entries(dir: &Path) -> (PathBuf, u64) {
+        let (mut w, _) = open(dir, None, id_of).unwrap();
+        append(&mut w, 1..3, 50);
+        let seg = seg_path(dir, 1);
+        let len = std::fs::metadata(&seg).unwrap().len();
+        (seg, len)
+    }
+
     #[test]
     fn entries_survive_a_reopen_and_read_back_whole() {
         let d = tempfile::tempdir().unwrap();
@@ -367,11 +376,7 @@ mod tests {
     #[test]
     fn a_torn_last_record_is_cut_off_and_appends_go_on() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, _) = open(d.path(), None, id_of).unwrap();
-        append(&mut w, 1..3, 50);
-        drop(w);
-        let seg = seg_path(d.path(), 1);
-        let full = std::fs::metadata(&seg).unwrap().len();
+        let (seg, full) = two_entries(d.path());
         // A crash in the middle of appending entry 3: half of it reached the disk.
         let f = OpenOptions::new().append(true).open(&seg).unwrap();
         let r3 = rec(3, 50);
@@ -392,12 +397,8 @@ mod tests {
     #[test]
     fn a_tail_of_zeros_is_cut_off() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, _) = open(d.path(), None, id_of).unwrap();
-        append(&mut w, 1..3, 50);
-        drop(w);
         // A crash after the file grew and before its bytes were written: zeros.
-        let seg = seg_path(d.path(), 1);
-        let full = std::fs::metadata(&seg).unwrap().len();
+        let (seg, full) = two_entries(d.path());
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(full + 4096).unwrap();
         let (mut w, r) = open(d.path(), None, id_of).unwrap();
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), full);
@@ -434,10 +435,7 @@ mod tests {
     #[test]
     fn a_damaged_record_before_the_end_refuses_the_start() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, _) = open(d.path(), None, id_of).unwrap();
-        append(&mut w, 1..3, 50);
-        drop(w);
-        let seg = seg_path(d.path(), 1);
+        let (seg, _) = two_entries(d.path());
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.write_all_at(b"X", HEADER_LEN + RECORD_HEADER as u64 + 20).unwrap();
         drop(f);
