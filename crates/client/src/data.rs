@@ -72,13 +72,22 @@ pub struct Written {
     pub file_offset: u64,
     pub blob_offset: u64,
     pub len: u64,
+    /// The blob's bytes when no server was sent them: the commit carries them to the metadata
+    /// service ([`MetaOp::CommitInline`]).
+    pub inline: Option<Bytes>,
+}
+
+/// Inline bytes (counted once per blob) among `written`.
+pub fn inline_bytes(written: &[Written]) -> u64 {
+    let mut seen = std::collections::BTreeSet::new();
+    written.iter().filter(|w| seen.insert(w.blob.blob)).filter_map(|w| w.inline.as_ref()).map(|d| d.len() as u64).sum()
 }
 
 impl Written {
     /// The whole of `blob`, at `file_offset`.
     fn whole(blob: NewBlob, file_offset: u64) -> Written {
         let len = blob.len;
-        Written { blob, file_offset, blob_offset: 0, len }
+        Written { blob, file_offset, blob_offset: 0, len, inline: None }
     }
 }
 
@@ -193,6 +202,14 @@ impl Client {
             let client = self.clone();
             let file_offset = offset;
             offset += n as u64;
+            // A whole file this small (the read stopped short: end of input) goes with its
+            // commit to the metadata service, like a small file on the mount.
+            if file_offset == 0 && (n as u64) <= INLINE_BYTES_MAX && (n as u64) < BLOB_BYTES {
+                let nb = NewBlob { blob, len: n as u64, crc, stores: Vec::new() };
+                written.push(Written { inline: Some(data), ..Written::whole(nb, 0) });
+                progress(n as u64);
+                break;
+            }
             in_flight.push(tokio::spawn(async move {
                 let len = data.len() as u64;
                 let stores = client.put_blob(&i, blob, data, crc).await?;
@@ -261,11 +278,18 @@ impl Client {
     /// Put scattered `pieces` (file offset, bytes; in write order, a later one over an earlier
     /// where they overlap) as one blob, without committing: many small writes at random places
     /// cost one put. Their bytes together must fit in one blob ([`BLOB_BYTES`]).
-    pub async fn put_pieces_with(self: &Arc<Self>, handle: FileHandle, pieces: &[(u64, &[u8])], reserved: &mut Reserved) -> FsResult<Vec<Written>> {
-        if let [(offset, data)] = pieces {
+    ///
+    /// `inline`: (region, room). Pieces that all lie within the file's first `region` bytes
+    /// (at most [`INLINE_BYTES_MAX`]) and total at most `room` are put nowhere: their commit
+    /// carries them to the metadata service (one round trip less for a small file).
+    pub async fn put_pieces_with(self: &Arc<Self>, handle: FileHandle, pieces: &[(u64, &[u8])], reserved: &mut Reserved, inline: (u64, u64)) -> FsResult<Vec<Written>> {
+        let total: usize = pieces.iter().map(|(_, d)| d.len()).sum();
+        let end = pieces.iter().map(|(o, d)| o + d.len() as u64).max().unwrap_or(0);
+        let region = inline.0.min(INLINE_BYTES_MAX);
+        let inline = total > 0 && total as u64 <= inline.1.min(region) && end <= region;
+        if let ([(offset, data)], false) = (pieces, inline) {
             return self.put_at_with(handle, *offset, data, reserved).await;
         }
-        let total: usize = pieces.iter().map(|(_, d)| d.len()).sum();
         if total as u64 > BLOB_BYTES {
             return Err(FsError::Invalid(format!("{total} bytes of pieces exceed one blob")));
         }
@@ -275,7 +299,8 @@ impl Client {
         }
         let (blob, intent) = self.next_blob(handle, reserved, total as u64).await?;
         let crc = crc32c::crc32c(&data);
-        let stores = self.put_blob(&intent, blob, Bytes::from(data), crc).await?;
+        let data = Bytes::from(data);
+        let (stores, inline) = if inline { (Vec::new(), Some(data)) } else { (self.put_blob(&intent, blob, data, crc).await?, None) };
         let nb = NewBlob { blob, len: total as u64, crc, stores };
         let mut written = Vec::new();
         let mut at = 0u64;
@@ -284,7 +309,7 @@ impl Client {
             let (mut file_offset, mut left) = (*offset, d.len() as u64);
             while left > 0 {
                 let n = left.min(CHUNK_SIZE - file_offset % CHUNK_SIZE);
-                written.push(Written { blob: nb.clone(), file_offset, blob_offset: at, len: n });
+                written.push(Written { blob: nb.clone(), file_offset, blob_offset: at, len: n, inline: inline.clone() });
                 (file_offset, at, left) = (file_offset + n, at + n, left - n);
             }
         }
@@ -315,7 +340,14 @@ impl Client {
         }
         // Each blob once, however many pieces it carries.
         let mut seen = std::collections::BTreeSet::new();
-        let blobs: Vec<NewBlob> = written.into_iter().map(|w| w.blob).filter(|b| seen.insert(b.blob)).collect();
+        let mut data = Vec::new();
+        let mut blobs = Vec::new();
+        for w in written.into_iter().filter(|w| seen.insert(w.blob.blob)) {
+            if let Some(bytes) = w.inline {
+                data.push((w.blob.blob, ByteBuf::from(bytes.to_vec())));
+            }
+            blobs.push(w.blob);
+        }
         let commit = Commit {
             handle,
             base_version: base,
@@ -324,7 +356,11 @@ impl Client {
             mtime: now_ns(),
             blobs,
         };
-        let op = if grow { MetaOp::CommitGrow(commit) } else { MetaOp::Commit(commit) };
+        let op = match (data.is_empty(), grow) {
+            (false, _) => MetaOp::CommitInline { commit, grow, data },
+            (true, true) => MetaOp::CommitGrow(commit),
+            (true, false) => MetaOp::Commit(commit),
+        };
         match self.meta(op).await? {
             MetaReply::Attr(a) => Ok(a),
             other => Err(FsError::Protocol(format!("expected attributes, got {other:?}"))),
@@ -407,6 +443,13 @@ impl Client {
     /// Read a range of one blob, through the block cache when there is one: cached blocks are
     /// served from it, each run of missing blocks is fetched in one request and cached.
     async fn read_blob(&self, loc: &BlobLocation, offset: u64, len: u64) -> FsResult<Bytes> {
+        if let Some(bytes) = &loc.inline {
+            let (start, end) = (offset as usize, offset.saturating_add(len) as usize);
+            if end > bytes.len() {
+                return Err(FsError::Corrupt(format!("inline blob {} is shorter than its layout", loc.blob)));
+            }
+            return Ok(bytes.slice(start..end));
+        }
         let Some(cache) = self.block_cache.get() else { return self.fetch_blob(loc, offset, len).await };
         if len == 0 {
             return Ok(Bytes::new());

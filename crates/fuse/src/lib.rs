@@ -190,6 +190,7 @@ pub struct ShoalFs {
     /// Closed files whose open records are still to be released ([`send_releases`]).
     releases: Arc<Mutex<Vec<FileHandle>>>,
     whole_file_bytes: u64,
+    inline_bytes: u64,
     /// Read-only opens keep reading the version they opened (`--consistency open-snapshot`).
     open_snapshot: bool,
     ids: IdMap,
@@ -289,6 +290,7 @@ impl ShoalFs {
             local_changes: Arc::new(AtomicU64::new(0)),
             releases: Arc::new(Mutex::new(Vec::new())),
             whole_file_bytes: 0,
+            inline_bytes: 0,
             open_snapshot: false,
             ids: IdMap::default(),
         }
@@ -405,7 +407,9 @@ impl ShoalFs {
         if let Some(buf) = f.buf.take().filter(|b| !b.runs.is_empty()) {
             let handle = f.handle;
             let pieces: Vec<(u64, &[u8])> = buf.runs.iter().map(|(o, d)| (*o, &d[..])).collect();
-            let written = match self.run(self.client.put_pieces_with(handle, &pieces, &mut f.reserved)) {
+            // Small files go to the metadata service with their commit, up to its limit per file.
+            let inline = (self.inline_bytes, self.inline_bytes.saturating_sub(shoal_client::data::inline_bytes(&f.pending)));
+            let written = match self.run(self.client.put_pieces_with(handle, &pieces, &mut f.reserved, inline)) {
                 Ok(w) => w,
                 Err(e) => {
                     // Kept for the next attempt (close or fsync report the error).
@@ -962,6 +966,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Files up to this size are fetched whole at their first read.
     pub whole_file_bytes: u64,
+    /// Writes within a file's first this many bytes go with their commit to the metadata
+    /// service (at most [`shoal_types::meta_msg::INLINE_BYTES_MAX`]; 0: never).
+    pub inline_bytes: u64,
     /// Read-only opens keep reading the version they opened.
     pub open_snapshot: bool,
     pub ids: IdMap,
@@ -984,6 +991,7 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     config.n_threads = Some(threads.max(1));
     let mut fs = ShoalFs::new(rt.clone(), client.clone());
     fs.whole_file_bytes = opts.whole_file_bytes;
+    fs.inline_bytes = opts.inline_bytes.min(shoal_types::meta_msg::INLINE_BYTES_MAX);
     fs.open_snapshot = opts.open_snapshot;
     fs.ids = opts.ids.clone();
     let promises = fs.promises.clone();

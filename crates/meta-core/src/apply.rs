@@ -255,8 +255,9 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::Open { handle } => self.open(req.session, handle),
             MetaOp::Release { handle } => self.release(req.session, handle),
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
-            MetaOp::Commit(c) => self.commit(cred, c, false),
-            MetaOp::CommitGrow(c) => self.commit(cred, c, true),
+            MetaOp::Commit(c) => self.commit(cred, c, false, &[]),
+            MetaOp::CommitGrow(c) => self.commit(cred, c, true, &[]),
+            MetaOp::CommitInline { commit, grow, data } => self.commit(cred, commit, *grow, data),
             MetaOp::AbandonBlobs { blobs } => {
                 for b in blobs {
                     let ikey = key::u64(b.0);
@@ -849,6 +850,9 @@ impl<K: Kv> Sm<'_, K> {
         // No file references it any more: order every holder to delete it.
         self.counters.blob_bytes = self.counters.blob_bytes.saturating_sub(info.len);
         self.kv.delete(Table::Blobs, &bkey);
+        if info.policy == Policy::Inline {
+            self.kv.delete(Table::Inline, &bkey);
+        }
         self.kv.delete(Table::Repair, &bkey);
         for (k, _) in self.kv.scan(Table::Damaged, &bkey, &key::prefix_end(blob.0), usize::MAX) {
             self.kv.delete(Table::Damaged, &k);
@@ -871,6 +875,7 @@ impl<K: Kv> Sm<'_, K> {
             Policy::Replicas { copies, write_quorum } if (1..=8).contains(&copies) && (1..=copies).contains(&write_quorum) => {}
             Policy::Replicas { .. } => return Err(FsError::Invalid("copies must be 1..=8 and the write quorum 1..=copies".into())),
             Policy::Erasure { .. } => return Err(FsError::Invalid("erasure coding is not supported yet".into())),
+            Policy::Inline => return Err(FsError::Invalid("inline is a blob's policy, not a file's".into())),
         }
         match rec.kind {
             FileKind::Dir => {}
@@ -1035,7 +1040,8 @@ impl<K: Kv> Sm<'_, K> {
     }
 
     /// `grow`: `c.size` is a floor (the file never shrinks), as [`MetaOp::CommitGrow`] asks.
-    fn commit(&mut self, cred: &Credentials, c: &Commit, grow: bool) -> MetaResponse {
+    /// `inline`: the bytes of the blobs the metadata holds itself ([`MetaOp::CommitInline`]).
+    fn commit(&mut self, cred: &Credentials, c: &Commit, grow: bool, inline: &[(BlobId, ByteBuf)]) -> MetaResponse {
         let mut rec = inode_of(self.kv, &c.handle)?;
         let size = if grow { rec.size.max(c.size) } else { c.size };
         if rec.kind != FileKind::File {
@@ -1056,7 +1062,10 @@ impl<K: Kv> Sm<'_, K> {
         if ids.len() != c.blobs.len() {
             return Err(FsError::Invalid("a blob is named twice in one commit".into()));
         }
-        // Every new blob must be covered by a live intent for this inode, with a write quorum.
+        check_inline(c, inline)?;
+        let is_inline = |b: BlobId| inline.iter().any(|(i, _)| *i == b);
+        // Every new blob must be covered by a live intent for this inode, with a write quorum
+        // (or its bytes in the command).
         for nb in &c.blobs {
             let ikey = key::u64(nb.blob.0);
             let intent: IntentRec = load(self.kv, Table::Intents, &ikey).ok_or(FsError::IntentExpired)?;
@@ -1066,7 +1075,7 @@ impl<K: Kv> Sm<'_, K> {
             let mut distinct = nb.stores.clone();
             distinct.sort();
             distinct.dedup();
-            if distinct.len() < intent.policy.write_quorum() {
+            if !is_inline(nb.blob) && distinct.len() < intent.policy.write_quorum() {
                 return Err(FsError::Invalid(format!("blob {} has {} durable copies, fewer than the write quorum", nb.blob, distinct.len())));
             }
         }
@@ -1087,7 +1096,11 @@ impl<K: Kv> Sm<'_, K> {
         }
         // Publish the blobs, then reference them from the slices.
         for nb in &c.blobs {
-            let intent: IntentRec = load(self.kv, Table::Intents, &key::u64(nb.blob.0)).ok_or(FsError::IntentExpired)?;
+            let mut intent: IntentRec = load(self.kv, Table::Intents, &key::u64(nb.blob.0)).ok_or(FsError::IntentExpired)?;
+            if let Some((_, bytes)) = inline.iter().find(|(b, _)| *b == nb.blob) {
+                intent.policy = Policy::Inline;
+                self.kv.put(Table::Inline, &key::u64(nb.blob.0), bytes);
+            }
             self.publish_blob(nb, &intent, 0);
         }
         for u in &c.chunks {
@@ -1431,6 +1444,36 @@ impl<K: Kv> Sm<'_, K> {
 }
 
 /// Names of users: 1 to 32 of `a-z 0-9 _ . -`, starting with a letter; "admin" is built in.
+/// The rules of [`MetaOp::CommitInline`]: each inline blob is one of the commit's new blobs,
+/// once, with no storage server, its length and CRC32C those of its bytes; at most
+/// [`INLINE_BYTES_MAX`] in all; its slices within the file's first [`INLINE_BYTES_MAX`] bytes.
+fn check_inline(c: &Commit, inline: &[(BlobId, ByteBuf)]) -> Result<(), FsError> {
+    if inline.is_empty() {
+        return Ok(());
+    }
+    let total: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
+    if total > INLINE_BYTES_MAX {
+        return Err(FsError::Invalid(format!("{total} inline bytes, more than {INLINE_BYTES_MAX}")));
+    }
+    for (i, (blob, bytes)) in inline.iter().enumerate() {
+        if inline[..i].iter().any(|(b, _)| b == blob) {
+            return Err(FsError::Invalid(format!("blob {blob} is inlined twice")));
+        }
+        let nb = c.blobs.iter().find(|nb| nb.blob == *blob).ok_or_else(|| FsError::Invalid(format!("inline blob {blob} is not a new blob of the commit")))?;
+        if !nb.stores.is_empty() || nb.len != bytes.len() as u64 || nb.crc != crc32c::crc32c(bytes) {
+            return Err(FsError::Invalid(format!("inline blob {blob} does not match its bytes")));
+        }
+    }
+    for u in &c.chunks {
+        for s in u.slices.iter().filter(|s| s.blob.is_some_and(|b| inline.iter().any(|(i, _)| *i == b))) {
+            if u.idx.saturating_mul(CHUNK_SIZE).saturating_add(s.offset_in_chunk).saturating_add(s.len) > INLINE_BYTES_MAX {
+                return Err(FsError::Invalid(format!("inline bytes only within a file's first {INLINE_BYTES_MAX} bytes")));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_user_name(name: &str) -> Result<(), FsError> {
     let ok = (1..=32).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())

@@ -55,9 +55,11 @@ pub enum Table {
     /// store -> `ReturningRec`: a server back after a failure or a restart whose list of blobs
     /// is being checked; fenced out (not alive) until the check ends.
     Returning,
+    /// blob -> bytes: blobs the metadata holds itself ([`shoal_types::Policy::Inline`]).
+    Inline,
 }
 
-pub const TABLES: [Table; 21] = [
+pub const TABLES: [Table; 22] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -79,6 +81,7 @@ pub const TABLES: [Table; 21] = [
     Table::Users,
     Table::Damaged,
     Table::Returning,
+    Table::Inline,
 ];
 
 impl Table {
@@ -105,6 +108,7 @@ impl Table {
             Table::Users => "users",
             Table::Damaged => "damaged",
             Table::Returning => "returning",
+            Table::Inline => "inline",
         }
     }
 }

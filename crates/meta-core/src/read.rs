@@ -78,8 +78,13 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: Ti
             blob_ids.sort();
             blob_ids.dedup();
             let mut blobs = Vec::with_capacity(blob_ids.len());
+            let mut inline = Vec::new();
             for b in blob_ids {
                 let info: BlobInfo = load(kv, Table::Blobs, &key::u64(b.0)).ok_or_else(|| FsError::Internal(format!("blob {b} unknown")))?;
+                if info.policy == Policy::Inline {
+                    let bytes = kv.get(Table::Inline, &key::u64(b.0)).ok_or_else(|| FsError::Internal(format!("inline blob {b} has no bytes")))?;
+                    inline.push((b, ByteBuf::from(bytes)));
+                }
                 let mut stores = Vec::new();
                 let mut dead = Vec::new();
                 for s in &info.stores {
@@ -93,9 +98,14 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: Ti
                     }
                 }
                 stores.extend(dead);
-                blobs.push(BlobLocation { blob: b, len: info.len, crc: info.crc, stores, cap: None });
+                blobs.push(BlobLocation { blob: b, len: info.len, crc: info.crc, stores, cap: None, inline: None });
             }
-            Ok(MetaReply::Layout(Layout { attr: attr_of(handle.inode, &rec), chunks, blobs }))
+            let layout = MetaReply::Layout(Layout { attr: attr_of(handle.inode, &rec), chunks, blobs });
+            if inline.is_empty() {
+                Ok(layout)
+            } else {
+                Ok(MetaReply::Inlined { data: inline, reply: Box::new(layout) })
+            }
         }
         MetaOp::Statfs => {
             let (capacity, used) = stores(kv).iter().filter(|(_, r)| r.alive).fold((0u64, 0u64), |(c, u), (_, r)| (c + r.capacity, u + r.used));

@@ -724,3 +724,73 @@ fn commit_grow_takes_the_larger_size() {
     assert_eq!(size(t.op(MetaOp::CommitGrow(commit(150)))), 150);
     assert_eq!(size(t.op(MetaOp::Commit(commit(10)))), 10);
 }
+
+/// Commit `bytes` as the whole content of `file`, inline, under a fresh intent.
+fn inline_commit(t: &mut T, file: FileHandle, bytes: &[u8]) -> (BlobId, MetaResponse) {
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: file, count: 1, bytes: bytes.len() as u64 }) else { panic!() };
+    let blob = intent.blobs[0];
+    let mut commit = one_blob_commit(file, blob, bytes.len() as u64, vec![], 0);
+    commit.blobs[0].crc = crc32c::crc32c(bytes);
+    (blob, t.op(MetaOp::CommitInline { commit, grow: false, data: vec![(blob, ByteBuf::from(bytes.to_vec()))] }))
+}
+
+#[test]
+fn a_small_file_lives_in_the_metadata_and_is_freed_with_it() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "small");
+    let (blob, r) = inline_commit(&mut t, f.handle, b"hello, inline");
+    assert_eq!(r.unwrap(), MetaReply::Attr(t.lookup(ROOT, "small").unwrap()));
+    // The layout brings the bytes along; no server holds the blob and none is asked to repair it.
+    let reply = t.read(MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).unwrap();
+    let MetaReply::Inlined { ref data, .. } = reply else { panic!("{reply:?}") };
+    assert_eq!(data, &vec![(blob, ByteBuf::from(b"hello, inline".to_vec()))]);
+    let MetaReply::Layout(layout) = reply.attach_capability() else { panic!() };
+    assert_eq!(layout.attr.size, 13);
+    assert!(layout.blobs[0].stores.is_empty());
+    assert_eq!(layout.blobs[0].inline.as_deref(), Some(&b"hello, inline"[..]));
+    assert_eq!((t.kv.len(Table::StoreBlobs), t.kv.len(Table::Repair)), (0, 0));
+    // An overwrite frees the first version's bytes at once, an unlink the second's; no server
+    // is ordered to delete anything.
+    let (_, r) = inline_commit(&mut t, f.handle, b"second");
+    r.unwrap();
+    assert_eq!(t.kv.len(Table::Inline), 1);
+    t.op(MetaOp::Unlink { parent: ROOT, name: "small".into() }).unwrap();
+    assert_eq!((t.kv.len(Table::Inline), t.kv.len(Table::Blobs), t.kv.len(Table::GcOrders)), (0, 0, 0));
+}
+
+#[test]
+fn inline_commits_are_small_at_the_start_of_the_file_and_match_their_bytes() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    let invalid = |r: MetaResponse| matches!(r, Err(FsError::Invalid(_)));
+    // Too many bytes.
+    let big = vec![7u8; INLINE_BYTES_MAX as usize + 1];
+    assert!(invalid(inline_commit(&mut t, f.handle, &big).1));
+    // Past the first INLINE_BYTES_MAX bytes of the file.
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: 10 }) else { panic!() };
+    let blob = intent.blobs[0];
+    let mut commit = one_blob_commit(f.handle, blob, 10, vec![], 0);
+    commit.chunks[0].slices[0].offset_in_chunk = INLINE_BYTES_MAX - 5;
+    commit.size = INLINE_BYTES_MAX + 5;
+    commit.blobs[0].crc = crc32c::crc32c(&[1u8; 10]);
+    let data = vec![(blob, ByteBuf::from(vec![1u8; 10]))];
+    assert!(invalid(t.op(MetaOp::CommitInline { commit: commit.clone(), grow: false, data: data.clone() })));
+    // Bytes that do not match the blob's CRC or length, or a blob also claimed by servers.
+    commit.chunks[0].slices[0].offset_in_chunk = 0;
+    commit.size = 10;
+    let mut bad = commit.clone();
+    bad.blobs[0].crc ^= 1;
+    assert!(invalid(t.op(MetaOp::CommitInline { commit: bad, grow: false, data: data.clone() })));
+    let mut bad = commit.clone();
+    bad.blobs[0].stores = vec![StoreId(1), StoreId(2)];
+    assert!(invalid(t.op(MetaOp::CommitInline { commit: bad, grow: false, data: data.clone() })));
+    // A plain commit of a blob with no server is refused: only inline bytes skip the quorum.
+    assert!(invalid(t.op(MetaOp::Commit(commit.clone()))));
+    assert_eq!(t.kv.len(Table::Inline), 0);
+    // Inline bytes are never a file's policy.
+    assert!(invalid(t.op(MetaOp::SetPolicy { handle: f.handle, policy: Policy::Inline })));
+    t.op(MetaOp::CommitInline { commit, grow: false, data }).unwrap();
+    assert_eq!(t.kv.len(Table::Inline), 1);
+}

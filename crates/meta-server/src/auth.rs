@@ -176,6 +176,9 @@ impl Auth {
         if let MetaReply::Promised { lease_ms, reply } = reply {
             return MetaReply::Promised { lease_ms, reply: Box::new(self.with_capability(*reply)) };
         }
+        if let MetaReply::Inlined { data, reply } = reply {
+            return MetaReply::Inlined { data, reply: Box::new(self.with_capability(*reply)) };
+        }
         let cap = match &reply {
             MetaReply::Layout(l) if !l.blobs.is_empty() => {
                 self.kdc.keys.sign_capability(shoal_auth::READ, l.blobs.iter().map(|b| b.blob), shoal_auth::now_ns() + READ_CAPABILITY_NS)

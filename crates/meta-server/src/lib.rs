@@ -37,6 +37,10 @@ openraft::declare_raft_types!(
 
 pub type MetaRaft = Raft<TypeConfig>;
 
+/// Most log entries in one AppendEntries (openraft's default is 300): entries carry up to
+/// [`service::BATCH_INLINE_BYTES_MAX`] of file bytes, and a message must fit one frame.
+pub const APPEND_ENTRIES_MAX: u64 = 64;
+
 /// Start a metadata node and serve until the process ends.
 pub async fn run(config: MetaConfig) -> anyhow::Result<()> {
     let node = start(config).await?;
@@ -70,6 +74,7 @@ pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
         max_in_snapshot_log_to_keep: 1000,
         install_snapshot_timeout: 10_000,
+        max_payload_entries: APPEND_ENTRIES_MAX,
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate()?);

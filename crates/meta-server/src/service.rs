@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Commands gathered into one log entry at most.
 pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Most file bytes ([`MetaOp::CommitInline`]) in one log entry: with at most
+/// [`crate::APPEND_ENTRIES_MAX`] entries per AppendEntries, a message stays far below the
+/// frame's payload limit.
+pub const BATCH_INLINE_BYTES_MAX: usize = 512 << 10;
 /// Log entries being replicated at once; beyond this, commands wait and batch up.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// Commands waiting for a batch.
@@ -441,12 +445,30 @@ async fn quorum_watch(raft: MetaRaft, lost: tokio::sync::watch::Sender<bool>) {
 /// propose it as one log entry; up to [`BATCHES_IN_FLIGHT_MAX`] entries replicate at once.
 async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
+    // A command that would have taken its entry past `BATCH_INLINE_BYTES_MAX` starts the next.
+    let mut carried: Option<WriteWaiter> = None;
+    loop {
+        let first = match carried.take() {
+            Some(w) => w,
+            None => match rx.recv().await {
+                Some(w) => w,
+                None => break,
+            },
+        };
         let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        let mut bytes = inline_bytes(&first.0);
         let mut waiting = vec![first];
         while waiting.len() < BATCH_COMMANDS_MAX {
             match rx.try_recv() {
-                Ok(w) => waiting.push(w),
+                Ok(w) => {
+                    let more = inline_bytes(&w.0);
+                    if bytes + more > BATCH_INLINE_BYTES_MAX {
+                        carried = Some(w);
+                        break;
+                    }
+                    bytes += more;
+                    waiting.push(w);
+                }
                 Err(_) => break,
             }
         }
@@ -470,6 +492,14 @@ async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>) {
             }
             drop(permit);
         });
+    }
+}
+
+/// File bytes a command carries ([`MetaOp::CommitInline`]).
+fn inline_bytes(kind: &CommandKind) -> usize {
+    match kind {
+        CommandKind::Request(MetaRequest { op: MetaOp::CommitInline { data, .. }, .. }) => data.iter().map(|(_, d)| d.len()).sum(),
+        _ => 0,
     }
 }
 

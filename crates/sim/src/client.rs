@@ -14,6 +14,8 @@ use shoal_types::attr::{Credentials, FileKind};
 use shoal_types::error::FsError;
 use shoal_types::ids::{FileHandle, MetaNodeId, SessionId};
 use shoal_types::layout::{Slice, CHUNK_SIZE};
+use shoal_types::meta_msg::INLINE_BYTES_MAX;
+use shoal_types::ByteBuf;
 use shoal_types::meta_msg::{
     ChunkUpdate, Commit, MetaOp, MetaReply, MetaRequest, MetaResponse, NewBlob,
 };
@@ -306,7 +308,7 @@ impl SimClient {
             first_chunk: 0,
             n_chunks: 1,
         };
-        let layout = match self.read(op).await {
+        let layout = match self.read(op).await.map(|r| r.map(MetaReply::attach_capability)) {
             Some(Ok(MetaReply::Layout(l))) => l,
             other => return Err(format!("layout: {other:?}")),
         };
@@ -319,8 +321,8 @@ impl SimClient {
                     .iter()
                     .find(|b| b.blob == blob)
                     .ok_or(format!("blob {blob} without a location"))?;
-                let mut got = None;
-                for store in &loc.stores {
+                let mut got = loc.inline.as_ref().map(|d| d.to_vec());
+                for store in loc.stores.iter().filter(|_| got.is_none()) {
                     if let Ok(Reply::Get(Ok(d))) =
                         wire::call(&store.addr, &Msg::Get { blob }, Duration::from_secs(2)).await
                     {
@@ -407,9 +409,11 @@ impl SimClient {
         };
         let blob = intent.blobs[0];
         let crc = crc32c::crc32c(data);
+        // Small files of even length go to the metadata with their commit (`CommitInline`).
+        let inline = len <= INLINE_BYTES_MAX && len % 2 == 0;
         let mut stores = Vec::new();
         for t in &intent.targets {
-            if stores.len() == 3 {
+            if stores.len() == 3 || inline {
                 break;
             }
             let put = Msg::Put {
@@ -422,7 +426,7 @@ impl SimClient {
                 stores.push(t.store);
             }
         }
-        if stores.len() < 2 {
+        if stores.len() < 2 && !inline {
             return Some(false);
         }
         let commit = Commit {
@@ -447,7 +451,12 @@ impl SimClient {
             }],
         };
         let i = hist.begin(name, State::File { len, crc });
-        match self.write(MetaOp::Commit(commit)).await {
+        let op = if inline {
+            MetaOp::CommitInline { commit, grow: false, data: vec![(blob, ByteBuf::from(data.to_vec()))] }
+        } else {
+            MetaOp::Commit(commit)
+        };
+        match self.write(op).await {
             None => {
                 hist.unknown(name);
                 None

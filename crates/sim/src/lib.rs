@@ -6,7 +6,8 @@
 //! and restarts processes (a crash loses every write not synced), cuts hosts off (partitions,
 //! including a 2|1 split of the metadata nodes), holds a host's messages and delivers them
 //! late (a paused process), breaks links at random and flips bytes in stored blocks while the
-//! clients write, rename, remove and read files. Checked during the run: at most one leader per
+//! clients write (small files of even length inline, in the metadata), rename, remove and read
+//! files. Checked during the run: at most one leader per
 //! term, every read consistent with the history (linearizable), every rename and unlink of an
 //! existing name succeeding. Checked after healing: every blob back to full protection, every
 //! recorded copy present and identical, every acknowledged write readable with its bytes, the

@@ -97,6 +97,10 @@ pub enum Policy {
     Replicas { copies: u8, write_quorum: u8 },
     /// Reed-Solomon with `data` + `parity` shards (a later issue implements it; the format is here).
     Erasure { data: u8, parity: u8 },
+    /// The bytes are held by the metadata service itself, replicated with its log
+    /// ([`crate::meta_msg::MetaOp::CommitInline`]): no storage server has a copy. Never a
+    /// file's policy, only a blob's.
+    Inline,
 }
 
 impl Policy {
@@ -106,12 +110,14 @@ impl Policy {
         match self {
             Policy::Replicas { copies, .. } => copies as usize,
             Policy::Erasure { data, parity } => (data + parity) as usize,
+            Policy::Inline => 0,
         }
     }
     pub fn write_quorum(self) -> usize {
         match self {
             Policy::Replicas { write_quorum, .. } => write_quorum as usize,
             Policy::Erasure { data, parity } => (data + parity.div_ceil(2)) as usize,
+            Policy::Inline => 0,
         }
     }
 }

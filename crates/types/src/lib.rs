@@ -15,5 +15,7 @@ pub mod store_msg;
 
 pub use attr::{Attr, Credentials, FileKind, SetAttr};
 pub use error::{FsError, FsResult};
+/// Byte strings in messages encoded as one run, not byte by byte (file bytes in commits).
+pub use serde_bytes::ByteBuf;
 pub use ids::*;
 pub use layout::{BlobInfo, ChunkIdx, Policy, Slice, CHUNK_SIZE};

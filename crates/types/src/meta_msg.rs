@@ -8,6 +8,7 @@ use crate::error::FsError;
 use crate::ids::*;
 use crate::layout::{ChunkIdx, Policy, Slice};
 use serde::{Deserialize, Serialize};
+use crate::ByteBuf;
 
 /// Longest name of one directory entry.
 pub const NAME_LEN_MAX: usize = 255;
@@ -117,7 +118,19 @@ pub enum MetaOp {
     /// The writer gave up on these blobs of its intents (their put failed): copies some servers
     /// may hold are deleted now, not when the intent would have expired.
     AbandonBlobs { blobs: Vec<BlobId> },
+    /// [`MetaOp::Commit`] (or, with `grow`, [`MetaOp::CommitGrow`]) of a small write whose
+    /// bytes travel in the command and stay with the metadata: `data` holds the bytes of each
+    /// blob of `commit.blobs` named there, which then has no storage server (`stores` empty).
+    /// Such blobs hold at most [`INLINE_BYTES_MAX`] in all and their slices lie within the
+    /// first [`INLINE_BYTES_MAX`] bytes of the file, so a file keeps at most that much in the
+    /// metadata. They are durable once the command is (on a majority of metadata nodes) and
+    /// come back with the layout ([`MetaReply::Inlined`]): a small file is written and read
+    /// without a storage server's round trip.
+    CommitInline { commit: Commit, grow: bool, data: Vec<(BlobId, ByteBuf)> },
 }
+
+/// The most bytes of a file the metadata service holds itself ([`MetaOp::CommitInline`]).
+pub const INLINE_BYTES_MAX: u64 = 64 << 10;
 
 /// A registered user, as stored by the metadata service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,11 +291,28 @@ pub enum MetaReply {
     ScrubEpoch(u64),
     /// Answer to [`MetaOp::CreateOpenReserve`].
     Created { attr: Attr, intent: Option<Intent> },
+    /// A layout with the bytes of its blobs that the metadata service holds itself
+    /// ([`MetaOp::CommitInline`]); the client moves them into the layout's [`BlobLocation`]s.
+    Inlined { data: Vec<(BlobId, ByteBuf)>, reply: Box<MetaReply> },
 }
 
 impl MetaReply {
-    /// Move the capability of a [`MetaReply::Capable`] into the layout or intent it came with.
+    /// Move the capability of a [`MetaReply::Capable`] into the layout or intent it came with,
+    /// and the bytes of a [`MetaReply::Inlined`] into the locations of its blobs.
     pub fn attach_capability(self) -> MetaReply {
+        if let MetaReply::Inlined { data, reply } = self {
+            return match reply.attach_capability() {
+                MetaReply::Layout(mut l) => {
+                    for (blob, bytes) in data {
+                        if let Some(loc) = l.blobs.iter_mut().find(|b| b.blob == blob) {
+                            loc.inline = Some(bytes::Bytes::from(bytes.into_vec()));
+                        }
+                    }
+                    MetaReply::Layout(l)
+                }
+                other => other,
+            };
+        }
         let MetaReply::Capable { cap, reply } = self else { return self };
         let cap = std::sync::Arc::new(cap);
         match *reply {
@@ -336,7 +366,10 @@ impl MetaOp {
     pub fn invalidates(&self) -> Vec<Invalidate> {
         let entry = |p: &FileHandle, n: &String| Invalidate::Entry { parent: p.inode, name: n.clone() };
         match self {
-            MetaOp::SetAttr { handle, .. } | MetaOp::Commit(Commit { handle, .. }) | MetaOp::CommitGrow(Commit { handle, .. }) => {
+            MetaOp::SetAttr { handle, .. }
+            | MetaOp::Commit(Commit { handle, .. })
+            | MetaOp::CommitGrow(Commit { handle, .. })
+            | MetaOp::CommitInline { commit: Commit { handle, .. }, .. } => {
                 vec![Invalidate::Inode(handle.inode)]
             }
             MetaOp::SetXattr { handle, .. } | MetaOp::RemoveXattr { handle, .. } => vec![Invalidate::Inode(handle.inode)],
@@ -382,6 +415,10 @@ pub struct BlobLocation {
     /// ([`MetaReply::Capable`]); never encoded.
     #[serde(skip)]
     pub cap: Option<std::sync::Arc<Capability>>,
+    /// The blob's bytes when the metadata service holds them (no storage server does), set by
+    /// the client from [`MetaReply::Inlined`]; never encoded.
+    #[serde(skip)]
+    pub inline: Option<bytes::Bytes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -110,3 +110,46 @@ open('{}', 'wb').write(model)
     assert_eq!(layout.blobs.len(), 1, "300 scattered writes went out as one blob");
     c.must_shoal(&["umount", mnt.to_str().unwrap()]);
 }
+
+/// A small file written through the mount goes to the metadata service with its commit: its
+/// layout carries the bytes and names no storage server; a file past the limit goes to the
+/// servers. Another client reads every one back, also after the whole cluster restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_live_in_the_metadata() {
+    let c = TestCluster::start();
+    let mnt = c.file("mnt");
+    c.must_shoal(&["mount", mnt.to_str().unwrap()]);
+    let limit = INLINE_BYTES_MAX as usize;
+    let files = [("one", 1), ("ten-k", 10 << 10), ("at-limit", limit), ("past-limit", limit + 1)];
+    for (i, (name, len)) in files.iter().enumerate() {
+        std::fs::write(mnt.join(name), bytes(i as u64, *len)).unwrap();
+    }
+    // Rewritten in place within the first bytes: the file stays inline, with the new bytes.
+    sh(&mnt, "printf XY | dd of=ten-k bs=1 seek=100 conv=notrunc status=none");
+    let mut ten_k = bytes(1, 10 << 10);
+    ten_k[100..102].copy_from_slice(b"XY");
+    // `shoal put` of a small file does the same.
+    let local = c.file("cli-small");
+    std::fs::write(&local, bytes(9, 3000)).unwrap();
+    c.must_shoal(&["put", local.to_str().unwrap(), "/cli-small"]);
+    let client = c.client().await;
+    for (name, len) in files.iter().copied().chain([("cli-small", 3000)]) {
+        let a = client.resolve(&format!("/{name}")).await.unwrap();
+        let layout = match client.meta(MetaOp::GetLayout { handle: a.handle, first_chunk: 0, n_chunks: 1 }).await.unwrap() {
+            MetaReply::Layout(l) => l,
+            other => panic!("{other:?}"),
+        };
+        let inline = layout.blobs.iter().all(|b| b.inline.is_some() && b.stores.is_empty());
+        assert_eq!(inline, len <= limit, "{name}: {layout:?}");
+    }
+    c.must_shoal(&["umount", mnt.to_str().unwrap()]);
+    for round in ["before", "after"] {
+        for (i, (name, len)) in files.iter().enumerate() {
+            let want = if *name == "ten-k" { ten_k.clone() } else { bytes(i as u64, *len) };
+            assert!(c.must_shoal_bytes(&["cat", &format!("/{name}")]) == want, "{name} reads back {round} a restart");
+        }
+        assert!(c.must_shoal_bytes(&["cat", "/cli-small"]) == bytes(9, 3000), "cli-small reads back {round} a restart");
+        c.must_shoal(&["down"]);
+        c.up();
+    }
+}
