@@ -120,8 +120,7 @@ impl Promises {
         if now.duration_since(watcher.last_poll) > self.lease || watcher.promises >= PROMISES_PER_SESSION_MAX {
             return None;
         }
-        let covered = st.recorded.as_ref().is_some_and(|(until, who)| *until >= now + self.lease && who.contains(&session));
-        if !covered {
+        if !st.covers(session, now, self.lease) {
             return None;
         }
         let at = st.breaks;
@@ -283,6 +282,11 @@ impl Promises {
         due.then_some(who)
     }
 
+    /// Whether the recorded horizon lets `session` be promised anything now (see `begin`).
+    pub fn covers(&self, session: SessionId, now: Instant) -> bool {
+        self.lock().covers(session, now, self.lease)
+    }
+
     /// A horizon was committed to the log.
     pub fn horizon_recorded(&self, until: Instant, watchers: Vec<SessionId>) {
         self.lock().recorded = Some((until, watchers.into_iter().collect()));
@@ -295,6 +299,10 @@ impl Promises {
 }
 
 impl State {
+    fn covers(&self, session: SessionId, now: Instant, lease: Duration) -> bool {
+        self.recorded.as_ref().is_some_and(|(until, who)| *until >= now + lease && who.contains(&session))
+    }
+
     fn grant(&mut self, session: SessionId, ino: InodeId, expiry: Instant) {
         let fresh = self.holders.entry(ino).or_default().insert(session, expiry).is_none();
         if fresh {
@@ -463,7 +471,9 @@ mod tests {
         assert_eq!(p.horizon_due(now, Duration::from_millis(500)), Some(vec![A]));
         p.horizon_recorded(now + Duration::from_secs(6), vec![B]);
         assert_eq!(p.begin(A, &[InodeId(1)], now), None, "the horizon does not name A");
+        assert!(!p.covers(A, now) && p.covers(B, now));
         p.horizon_recorded(now + Duration::from_secs(6), vec![A]);
+        assert!(p.covers(A, now) && !p.covers(A, now + Duration::from_secs(2)), "covered while a whole lease fits before its end");
         assert!(p.begin(A, &[InodeId(1)], now).is_some());
         assert_eq!(p.horizon_due(now, Duration::from_millis(500)), None);
         assert!(p.horizon_due(now + Duration::from_millis(600), Duration::from_millis(500)).is_some(), "renewed before it runs out");

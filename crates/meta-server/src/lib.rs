@@ -97,6 +97,7 @@ pub async fn start(config: MetaConfig) -> anyhow::Result<MetaNode> {
     tracing::info!(id = config.id.0, %addr, "metadata node serving");
     let serve_task = tokio::spawn(shoal_net::rpc::serve(listener, server_tls, service.clone()));
     tokio::spawn(service::housekeeping(service.clone(), Duration::from_millis(500)));
+    tokio::spawn(service::horizon_keeper(service.clone(), Duration::from_millis(500)));
     tokio::spawn(service::compactor(
         service.clone(),
         shoal_types::config::ClientConfig { meta: config.peers.clone(), tls: config.tls.clone(), admin_key: None },

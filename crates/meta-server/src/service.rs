@@ -51,6 +51,9 @@ pub struct MetaService {
     /// True while this node leads without a majority (one watcher for all waiting requests).
     quorum_lost: tokio::sync::watch::Receiver<bool>,
     pub auth: crate::auth::Auth,
+    /// Woken when a session polls that the recorded promise horizon does not cover: it gets no
+    /// promise until a new horizon names it, so [`horizon_keeper`] records one at once.
+    horizon_wake: tokio::sync::Notify,
 }
 
 /// How long after a leadership check was *sent* its result may serve reads without another.
@@ -102,7 +105,18 @@ impl MetaService {
         let auth = crate::auth::Auth::new(keys, config, db.clone());
         let (lost_tx, quorum_lost) = tokio::sync::watch::channel(false);
         tokio::spawn(quorum_watch(raft.clone(), lost_tx));
-        Arc::new(MetaService { raft, db, params, writes: wtx, reads: rtx, promises, read_lease, quorum_lost, auth })
+        Arc::new(MetaService {
+            raft,
+            db,
+            params,
+            writes: wtx,
+            reads: rtx,
+            promises,
+            read_lease,
+            quorum_lost,
+            auth,
+            horizon_wake: tokio::sync::Notify::new(),
+        })
     }
 
     /// Propose a command through the batcher and wait for its reply.
@@ -169,6 +183,9 @@ impl MetaService {
         }
         self.ensure_inherited(m.current_term).await;
         let (mut callbacks, wake) = self.promises.poll(session, acks, true, tokio::time::Instant::now());
+        if !self.promises.covers(session, tokio::time::Instant::now()) {
+            self.horizon_wake.notify_one();
+        }
         if callbacks.is_empty() {
             let _ = tokio::time::timeout(WATCH_WAIT, wake.notified()).await;
             callbacks = self.promises.poll(session, &[], true, tokio::time::Instant::now()).0;
@@ -555,7 +572,19 @@ pub async fn housekeeping(service: Arc<MetaService>, every: Duration) {
         if let Err(e) = service.propose(CommandKind::Tick).await {
             tracing::debug!("tick not committed: {e}");
         }
-        service.record_horizon(term).await;
+    }
+}
+
+/// On the leader: keep a promise horizon in the log that covers every watcher, renewed before
+/// it runs out, and recorded at once when a new watcher polls (a mount gets promises, so the
+/// kernel caches, from its first requests rather than up to a housekeeping period later).
+pub async fn horizon_keeper(service: Arc<MetaService>, every: Duration) {
+    loop {
+        let _ = tokio::time::timeout(every, service.horizon_wake.notified()).await;
+        if service.is_leader() {
+            let term = service.raft.metrics().borrow().current_term;
+            service.record_horizon(term).await;
+        }
     }
 }
 
