@@ -132,6 +132,9 @@ fn commit_pending(rt: &tokio::runtime::Handle, client: &Client, local_changes: &
     Ok(())
 }
 
+/// The extended attribute the kernel reads before every write (file capabilities to clear).
+const CAPS_XATTR: &str = "security.capability";
+
 /// How long a closed file's open record may wait to be released with others.
 pub const RELEASE_DELAY: Duration = Duration::from_millis(20);
 
@@ -890,10 +893,12 @@ impl Filesystem for ShoalFs {
             libc::XATTR_REPLACE => 2,
             _ => return reply.error(Errno::EINVAL),
         };
+        self.promises.forget_caps(ino.0);
         let r = name_of(name).and_then(|name| {
             let op = MetaOp::SetXattr { handle: self.handle(ino), name, value: value.to_vec(), flags };
             self.run(self.client.meta_as(&self.cred(req), op))
         });
+        self.promises.forget_caps(ino.0);
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -901,7 +906,15 @@ impl Filesystem for ShoalFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let caps = name == CAPS_XATTR;
+        if caps && self.promises.caps_absent(ino.0) {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let since = self.promises.generation();
         let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::GetXattr { handle: self.handle(ino), name })));
+        if caps && matches!(r, Err(e) if e == Errno::from_i32(libc::ENODATA)) {
+            self.promises.note_caps_absent(since, ino.0);
+        }
         match r {
             Ok(shoal_types::meta_msg::MetaReply::XattrValue(v)) => xattr_reply(reply, size, &v),
             Ok(_) => reply.error(Errno::EIO),
@@ -925,7 +938,9 @@ impl Filesystem for ShoalFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.promises.forget_caps(ino.0);
         let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::RemoveXattr { handle: self.handle(ino), name })));
+        self.promises.forget_caps(ino.0);
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),

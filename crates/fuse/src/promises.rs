@@ -35,6 +35,10 @@ pub struct Promises {
 struct Held {
     inodes: HashMap<u64, Instant>,
     entries: HashMap<(u64, String), Instant>,
+    /// Inodes found without `security.capability`, until their promise ends: the kernel asks
+    /// for it before every write (to clear file capabilities), and a change to any extended
+    /// attribute calls the inode back.
+    no_caps: HashMap<u64, Instant>,
 }
 
 /// A reply to the kernel prepared under a promise: the timeout to give, valid only while the
@@ -69,13 +73,42 @@ impl Promises {
         Granted { ttl, _guard: guard }
     }
 
+    /// Whether `security.capability` is known absent on `ino` (under a promise).
+    pub fn caps_absent(&self, ino: u64) -> bool {
+        self.held.lock().expect("held lock").no_caps.get(&ino).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// `security.capability` was found absent on `ino` by a request begun at callback
+    /// generation `since`: remember it while the inode's promise lasts.
+    pub fn note_caps_absent(&self, since: u64, ino: u64) {
+        let guard = self.generation.read().expect("generation lock");
+        if *guard != since {
+            return;
+        }
+        let mut held = self.held.lock().expect("held lock");
+        if let Some(until) = held.inodes.get(&ino).copied().filter(|u| *u > Instant::now()) {
+            held.no_caps.insert(ino, until);
+        }
+    }
+
+    /// This mount changes the extended attributes of `ino`: forget what is known of them, and
+    /// let no answer already under way teach it again (the writer gets no callback).
+    pub fn forget_caps(&self, ino: u64) {
+        *self.generation.write().expect("generation lock") += 1;
+        self.held.lock().expect("held lock").no_caps.remove(&ino);
+    }
+
     /// Carry out a callback.
     pub fn invalidate(&self, notifier: &Notifier, items: &[Invalidate]) {
         *self.generation.write().expect("generation lock") += 1;
         for item in items {
             match item {
                 Invalidate::Inode(ino) => {
-                    self.held.lock().expect("held lock").inodes.remove(&ino.0);
+                    {
+                        let mut held = self.held.lock().expect("held lock");
+                        held.inodes.remove(&ino.0);
+                        held.no_caps.remove(&ino.0);
+                    }
                     inval_inode(notifier, ino.0);
                 }
                 Invalidate::Entry { parent, name } => {

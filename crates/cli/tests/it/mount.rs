@@ -153,3 +153,30 @@ async fn small_files_live_in_the_metadata() {
         c.up();
     }
 }
+
+/// The kernel reads `security.capability` before every write; a mount remembers that a file
+/// has none while it holds a promise on it. A capability set from another mount calls that
+/// back: the next write through the first mount finds it and clears it, as on a local disk.
+#[test]
+fn a_capability_set_elsewhere_is_cleared_by_the_next_write() {
+    let c = TestCluster::start();
+    let (a, b) = (c.file("mnt-a"), c.file("mnt-b"));
+    c.must_shoal(&["mount", a.to_str().unwrap()]);
+    c.must_shoal(&["mount", b.to_str().unwrap()]);
+    let py = |dir: &std::path::Path, code: &str| {
+        let out = Command::new("python3").arg("-c").arg(code).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{code}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Writes through mount A: the kernel asks for the capability each time, A learns there is none.
+    py(&a, "f = open('f', 'wb'); f.write(b'one'); f.flush(); f.write(b'two'); f.close()");
+    // Mount B gives the file a capability (version 2: CAP_NET_RAW permitted).
+    let cap = "bytes([0, 0, 0, 2]) + (1 << 13).to_bytes(4, 'little') + bytes(12)";
+    let set = format!("import os; os.setxattr('f', 'security.capability', {cap}); print(len(os.getxattr('f', 'security.capability')))");
+    assert_eq!(py(&b, &set), "20");
+    // A write through A clears it.
+    py(&a, "f = open('f', 'ab'); f.write(b'three'); f.close()");
+    let check = "import os, errno\ntry:\n    os.getxattr('f', 'security.capability'); print('kept')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])";
+    assert_eq!(py(&b, check), "ENODATA", "the capability survived a write");
+    assert_eq!(std::fs::read(b.join("f")).unwrap(), b"onetwothree");
+}
