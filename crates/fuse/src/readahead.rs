@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 pub const READAHEAD_MIN: u64 = 1 << 20;
 /// Largest read-ahead window (memory per open file being streamed: about twice this).
 pub const READAHEAD_MAX: u64 = 16 << 20;
+/// A read-ahead window is fetched in pieces of this size, all at once.
+const FETCH_PIECE: u64 = 4 << 20;
 /// Chunks of layout asked for at once (1 GiB of file).
 const LAYOUT_CHUNKS: u64 = 16;
 
@@ -112,7 +114,9 @@ async fn covering(client: &Client, handle: FileHandle, st: &mut ReadState, offse
 }
 
 async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64) -> FsResult<Bytes> {
-    let mut segments = client.read_segments(layout, offset, len).await?;
+    // A large window is fetched in pieces at once, spread over the copies.
+    let pieces = (offset..offset + len).step_by(FETCH_PIECE as usize).map(|at| client.read_segments(layout, at, FETCH_PIECE.min(offset + len - at)));
+    let mut segments: Vec<Bytes> = futures::future::try_join_all(pieces).await?.into_iter().flatten().collect();
     if segments.len() == 1 {
         return Ok(segments.pop().expect("one segment"));
     }
@@ -196,7 +200,7 @@ pub async fn read(
     }
     // Start fetching the next window while the kernel consumes this one.
     let buf_end = st.buf_offset + st.buf.len() as u64;
-    let want_more = st.window > 0 && st.prefetch.is_none() && buf_end.saturating_sub(end) <= st.window / 2;
+    let want_more = st.window > 0 && st.prefetch.is_none() && buf_end.saturating_sub(end) <= st.window;
     if want_more && st.file_size().is_some_and(|s| buf_end < s) {
         let layout = covering(client, handle, st, buf_end, st.window).await?;
         let (client, len) = (client.clone(), st.window);
