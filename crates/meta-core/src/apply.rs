@@ -1443,7 +1443,6 @@ impl<K: Kv> Sm<'_, K> {
     }
 }
 
-/// Names of users: 1 to 32 of `a-z 0-9 _ . -`, starting with a letter; "admin" is built in.
 /// The rules of [`MetaOp::CommitInline`]: each inline blob is one of the commit's new blobs,
 /// once, with no storage server, its length and CRC32C those of its bytes; at most
 /// [`INLINE_BYTES_MAX`] in all; its slices within the file's first [`INLINE_BYTES_MAX`] bytes.
@@ -1474,6 +1473,7 @@ fn check_inline(c: &Commit, inline: &[(BlobId, ByteBuf)]) -> Result<(), FsError>
     Ok(())
 }
 
+/// Names of users: 1 to 32 of `a-z 0-9 _ . -`, starting with a letter; "admin" is built in.
 fn check_user_name(name: &str) -> Result<(), FsError> {
     let ok = (1..=32).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
