@@ -893,7 +893,6 @@ impl Filesystem for ShoalFs {
             libc::XATTR_REPLACE => 2,
             _ => return reply.error(Errno::EINVAL),
         };
-        self.promises.forget_caps(ino.0);
         let r = name_of(name).and_then(|name| {
             let op = MetaOp::SetXattr { handle: self.handle(ino), name, value: value.to_vec(), flags };
             self.run(self.client.meta_as(&self.cred(req), op))
@@ -938,7 +937,6 @@ impl Filesystem for ShoalFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.promises.forget_caps(ino.0);
         let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::RemoveXattr { handle: self.handle(ino), name })));
         self.promises.forget_caps(ino.0);
         match r {

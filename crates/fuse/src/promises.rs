@@ -91,8 +91,9 @@ impl Promises {
         }
     }
 
-    /// This mount changes the extended attributes of `ino`: forget what is known of them, and
-    /// let no answer already under way teach it again (the writer gets no callback).
+    /// This mount changed the extended attributes of `ino` (call after the change): forget what
+    /// is known of them, and let no answer already under way teach it again (the writer gets no
+    /// callback).
     pub fn forget_caps(&self, ino: u64) {
         *self.generation.write().expect("generation lock") += 1;
         self.held.lock().expect("held lock").no_caps.remove(&ino);
