@@ -66,6 +66,11 @@ pub struct MountOptions {
     /// a file opened read-only keeps reading the version it opened until it is closed.
     #[arg(long, value_enum, default_value_t = Consistency::CloseToOpen)]
     pub consistency: Consistency,
+    /// Never hold directory delegations: every create goes to the metadata service before it
+    /// returns (by default, files created in a directory this mount holds are created at once
+    /// and written back within milliseconds, or when another client needs the directory).
+    #[arg(long)]
+    pub no_delegations: bool,
     /// Local root acts as nobody (65534) in the cluster (a mount with the admin key; a user's
     /// mount always acts as that user).
     #[arg(long)]
@@ -99,6 +104,7 @@ impl Default for MountOptions {
             whole_file_mib: 4,
             inline_kib: 64,
             consistency: Consistency::CloseToOpen,
+            no_delegations: false,
             root_squash: false,
             map_uid: Vec::new(),
             map_gid: Vec::new(),
@@ -116,6 +122,9 @@ impl MountOptions {
         ];
         if self.consistency == Consistency::OpenSnapshot {
             a.push("--consistency=open-snapshot".into());
+        }
+        if self.no_delegations {
+            a.push("--no-delegations".into());
         }
         if self.root_squash {
             a.push("--root-squash".into());
@@ -212,6 +221,7 @@ pub async fn foreground(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> R
         whole_file_bytes: opts.whole_file_mib << 20,
         inline_bytes: opts.inline_kib << 10,
         open_snapshot: opts.consistency == Consistency::OpenSnapshot,
+        delegations: !opts.no_delegations,
         ids: shoal_fuse::IdMap { uids: opts.map_uid.clone(), gids: opts.map_gid.clone(), root_squash: opts.root_squash },
     };
     tokio::task::spawn_blocking(move || shoal_fuse::mount(rt, c, &mp, &fuse_opts)).await?.context("FUSE mount")?;

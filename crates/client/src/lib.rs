@@ -28,6 +28,8 @@ use std::time::Duration;
 
 /// Attempts of one metadata request before giving up (a bound besides [`META_RETRY_FOR`]).
 pub const META_ATTEMPTS_MAX: u32 = 1000;
+/// Times a request refused for a delegated directory is sent again (each after a recall).
+const DELEGATED_ATTEMPTS_MAX: u32 = 4;
 /// Time after which a metadata request stops retrying (an attempt in flight may add
 /// [`META_TIMEOUT`]): failovers take about a second, so this only ends waits for a partition
 /// or a cluster that is down, with the last error seen.
@@ -194,6 +196,24 @@ impl Client {
     /// The promise is counted from before the request was sent, so it ends no later here than
     /// on the leader.
     pub async fn meta_promised(&self, cred: &Credentials, op: MetaOp) -> (MetaResponse, Option<std::time::Instant>) {
+        // Refused for a directory delegated to another session: the leader recalled it before
+        // answering, so the request goes again at once, as a new one.
+        let again = op.invalidates().iter().any(|i| matches!(i, Invalidate::Entry { .. }))
+            || matches!(op, MetaOp::Lookup { .. } | MetaOp::GetAttr { .. } | MetaOp::Readdir { .. });
+        if !again {
+            return self.meta_promised_once(cred, op).await;
+        }
+        let mut attempt = 0;
+        loop {
+            let r = self.meta_promised_once(cred, op.clone()).await;
+            match r.0 {
+                Err(FsError::Delegated { .. }) if attempt < DELEGATED_ATTEMPTS_MAX => attempt += 1,
+                _ => return r,
+            }
+        }
+    }
+
+    async fn meta_promised_once(&self, cred: &Credentials, op: MetaOp) -> (MetaResponse, Option<std::time::Instant>) {
         let seq = if op.is_read() { 0 } else { self.seq.fetch_add(1, Ordering::Relaxed) + 1 };
         let sent = std::time::Instant::now();
         let (r, maybe_replayed) = self.send_meta_tracked(cred, op, seq).await;

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod delegation;
 pub mod promises;
 pub mod readahead;
 use promises::Promises;
@@ -59,6 +60,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::NoAttribute => libc::ENODATA,
         FsError::NotSupported(_) => libc::EOPNOTSUPP,
         FsError::Unauthenticated(_) | FsError::TicketExpired => libc::EACCES,
+        FsError::Delegated { .. } => libc::EAGAIN,
     })
 }
 
@@ -197,6 +199,10 @@ pub struct ShoalFs {
     /// Read-only opens keep reading the version they opened (`--consistency open-snapshot`).
     open_snapshot: bool,
     ids: IdMap,
+    /// Directories delegated to this mount and the files created in them here.
+    delegations: Arc<delegation::Delegations>,
+    /// Whether to ask for delegations (`--no-delegations` turns it off).
+    delegate: bool,
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -282,7 +288,9 @@ impl ShoalFs {
     pub fn new(rt: tokio::runtime::Handle, client: Arc<Client>) -> ShoalFs {
         let mut generations = HashMap::new();
         generations.insert(InodeId::ROOT.0, FileHandle::ROOT.generation.0);
+        let releases = Arc::new(Mutex::new(Vec::new()));
         ShoalFs {
+            delegations: Arc::new(delegation::Delegations::new(rt.clone(), client.clone(), releases.clone())),
             rt,
             client,
             generations: Mutex::new(generations),
@@ -291,10 +299,11 @@ impl ShoalFs {
             promises: Arc::new(Promises::default()),
             page_versions: Mutex::new(HashMap::new()),
             local_changes: Arc::new(AtomicU64::new(0)),
-            releases: Arc::new(Mutex::new(Vec::new())),
+            releases,
             whole_file_bytes: 0,
             inline_bytes: 0,
             open_snapshot: false,
+            delegate: false,
             ids: IdMap::default(),
         }
     }
@@ -407,6 +416,12 @@ impl ShoalFs {
 
     /// Put what an open file buffered (without committing it).
     fn put_buffer(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        if f.buf.as_ref().is_some_and(|b| !b.runs.is_empty()) && self.delegations.is_pending(f.handle.inode.0) {
+            // Created here under a delegation: written back first, with an intent for its data.
+            if let Some(intent) = self.delegations.write_back(None, Some(f.handle.inode.0)) {
+                f.reserved.fill(f.handle, intent);
+            }
+        }
         if let Some(buf) = f.buf.take().filter(|b| !b.runs.is_empty()) {
             let handle = f.handle;
             let pieces: Vec<(u64, &[u8])> = buf.runs.iter().map(|(o, d)| (*o, &d[..])).collect();
@@ -435,6 +450,14 @@ impl ShoalFs {
 
     fn commit_pending(&self, f: &mut OpenFile) -> Result<(), Errno> {
         commit_pending(&self.rt, &self.client, &self.local_changes, f)
+    }
+
+    /// Write back every file created here under a delegation (before a request that may
+    /// involve one of them at the metadata service).
+    fn write_back_creates(&self) {
+        if self.delegations.any_pending() {
+            self.delegations.write_back(None, None);
+        }
     }
 
     /// Put what an open file buffered and commit everything it wrote as one new version. The
@@ -507,6 +530,11 @@ impl Filesystem for ShoalFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        match self.delegations.lookup(parent.0, &name) {
+            Some(Some(a)) => return reply.entry(&NO_TTL, &self.attr(&a), Generation(a.handle.generation.0)),
+            Some(None) => return reply.error(Errno::ENOENT),
+            None => {}
+        }
         let (r, until, since) = self.read_promised(req, MetaOp::Lookup { parent: self.handle(parent), name: name.clone() });
         match r {
             Ok(a) => {
@@ -521,10 +549,16 @@ impl Filesystem for ShoalFs {
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<fuser::FileHandle>, reply: ReplyAttr) {
         // What this mount wrote and did not commit, looked at before asking: a commit finishing
         // meanwhile is then either seen by the answer or counted here.
+        if let Some(a) = self.delegations.pending_attr(ino.0).or_else(|| self.delegations.dir_attr(ino.0)) {
+            return reply.attr(&NO_TTL, &self.attr(&a));
+        }
         let uncommitted = self.buffered_end(ino.0);
         let (r, until, since) = self.read_promised(req, MetaOp::GetAttr { handle: self.handle(ino) });
         match r {
             Ok(a) => {
+                if a.kind == FileKind::Dir {
+                    self.delegations.fresh_dir_attr(&a);
+                }
                 let mut attr = self.attr(&a);
                 if let Some(end) = uncommitted.filter(|e| *e > attr.size) {
                     attr.size = end;
@@ -558,6 +592,7 @@ impl Filesystem for ShoalFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.write_back_creates();
         if size.is_some() {
             if let Err(e) = self.flush_inode(ino.0) {
                 return reply.error(e);
@@ -576,6 +611,7 @@ impl Filesystem for ShoalFs {
         let as_who = if only_size && opened_for_writing { Credentials::ROOT } else { self.cred(req) };
         let r = self.run(self.client.meta_as(&as_who, MetaOp::SetAttr { handle: self.handle(ino), set })).and_then(attr_reply);
         self.local_changes.fetch_add(1, Ordering::AcqRel);
+        self.delegations.dir_changed(Some(ino.0));
         match r {
             Ok(a) => reply.attr(&NO_TTL, &self.attr(&a)),
             Err(e) => reply.error(e),
@@ -599,23 +635,42 @@ impl Filesystem for ShoalFs {
             libc::S_IFSOCK => FileKind::Socket,
             _ => return reply.error(Errno::EINVAL),
         };
+        self.write_back_creates();
         let r = name_of(name).and_then(|name| {
-            let op = MetaOp::Create { parent: self.handle(parent), name, kind: k, mode: mode & !umask & 0o7777, rdev, exclusive: true };
-            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
+            let op = MetaOp::Create { parent: self.handle(parent), name: name.clone(), kind: k, mode: mode & !umask & 0o7777, rdev, exclusive: true };
+            let r = self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply);
+            self.delegations.note_entry(parent.0, &name, r.is_ok());
+            r
         });
         self.entry(reply, r);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.write_back_creates();
         let r = name_of(name).and_then(|name| {
-            let op = MetaOp::Mkdir { parent: self.handle(parent), name, mode: mode & !umask & 0o7777 };
-            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
+            let op = MetaOp::Mkdir { parent: self.handle(parent), name: name.clone(), mode: mode & !umask & 0o7777 };
+            let r = self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply);
+            if let Ok(a) = &r {
+                self.delegations.note_entry(parent.0, &name, true);
+                // Files are often created in a new directory next.
+                if self.delegate {
+                    self.delegations.maybe_ask(a.handle);
+                }
+            }
+            r
         });
         self.entry(reply, r);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::Unlink { parent: self.handle(parent), name })));
+        self.write_back_creates();
+        let r = name_of(name).and_then(|name| {
+            let r = self.run(self.client.meta_as(&self.cred(req), MetaOp::Unlink { parent: self.handle(parent), name: name.clone() }));
+            if r.is_ok() {
+                self.delegations.note_entry(parent.0, &name, false);
+            }
+            r
+        });
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -623,7 +678,14 @@ impl Filesystem for ShoalFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::Rmdir { parent: self.handle(parent), name })));
+        self.write_back_creates();
+        let r = name_of(name).and_then(|name| {
+            let r = self.run(self.client.meta_as(&self.cred(req), MetaOp::Rmdir { parent: self.handle(parent), name: name.clone() }));
+            if r.is_ok() {
+                self.delegations.note_entry(parent.0, &name, false);
+            }
+            r
+        });
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -631,9 +693,14 @@ impl Filesystem for ShoalFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        self.write_back_creates();
         let r = name_of(link_name).and_then(|name| {
             let target = target.to_str().ok_or(Errno::EINVAL)?.to_string();
-            self.run(self.client.meta_as(&self.cred(req), MetaOp::Symlink { parent: self.handle(parent), name, target })).and_then(attr_reply)
+            let r = self.run(self.client.meta_as(&self.cred(req), MetaOp::Symlink { parent: self.handle(parent), name: name.clone(), target })).and_then(attr_reply);
+            if r.is_ok() {
+                self.delegations.note_entry(parent.0, &name, true);
+            }
+            r
         });
         self.entry(reply, r);
     }
@@ -642,16 +709,23 @@ impl Filesystem for ShoalFs {
         if flags.bits() & !libc::RENAME_NOREPLACE != 0 {
             return reply.error(Errno::EINVAL);
         }
+        self.write_back_creates();
         let r = name_of(name).and_then(|name| {
             let new_name = name_of(newname)?;
             let op = MetaOp::Rename {
                 parent: self.handle(parent),
-                name,
+                name: name.clone(),
                 new_parent: self.handle(newparent),
-                new_name,
+                new_name: new_name.clone(),
                 no_replace: flags.bits() & libc::RENAME_NOREPLACE != 0,
             };
-            self.run(self.client.meta_as(&self.cred(req), op))
+            let r = self.run(self.client.meta_as(&self.cred(req), op));
+            if r.is_ok() {
+                self.delegations.note_entry(parent.0, &name, false);
+                self.delegations.note_entry(newparent.0, &new_name, true);
+                self.delegations.dir_changed(None);
+            }
+            r
         });
         match r {
             Ok(_) => reply.ok(),
@@ -660,14 +734,22 @@ impl Filesystem for ShoalFs {
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.write_back_creates();
         let r = name_of(newname).and_then(|new_name| {
-            let op = MetaOp::Link { handle: self.handle(ino), new_parent: self.handle(newparent), new_name };
-            self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply)
+            let op = MetaOp::Link { handle: self.handle(ino), new_parent: self.handle(newparent), new_name: new_name.clone() };
+            let r = self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply);
+            if r.is_ok() {
+                self.delegations.note_entry(newparent.0, &new_name, true);
+            }
+            r
         });
         self.entry(reply, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.delegations.is_pending(ino.0) {
+            self.delegations.write_back(None, None);
+        }
         let handle = self.handle(ino);
         match self.run(self.client.meta_as(&self.cred(req), MetaOp::Open { handle })).and_then(attr_reply) {
             Ok(a) => {
@@ -700,6 +782,13 @@ impl Filesystem for ShoalFs {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        // In a directory delegated to this mount: created here, written back shortly.
+        if let Some(a) = name_of(name).ok().and_then(|n| self.delegations.create(parent.0, &n, mode & !umask & 0o7777, &self.cred(req))) {
+            let attr = self.attr(&a);
+            self.page_versions.lock().expect("page versions").insert(a.handle.inode.0, a.version);
+            let fh = self.new_fh(a.handle, flags);
+            return reply.created(&NO_TTL, &attr, Generation(a.handle.generation.0), fuser::FileHandle(fh), FopenFlags::empty());
+        }
         let r = name_of(name).and_then(|name| {
             // The intent for the file's first blob comes with the create: a small file is then
             // written with no other round trip before its commit.
@@ -723,6 +812,10 @@ impl Filesystem for ShoalFs {
         });
         match r {
             Ok((a, intent, until, since, name)) => {
+                self.delegations.note_entry(parent.0, &name, true);
+                if self.delegate {
+                    self.delegations.maybe_ask(self.handle(parent));
+                }
                 let attr = self.attr(&a);
                 // Promised like a lookup: the kernel need not ask for the new file's attributes.
                 let granted = self.promises.grant(since, until, a.handle.inode.0, Some((parent.0, &name)));
@@ -748,6 +841,9 @@ impl Filesystem for ShoalFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        if self.delegations.is_pending(ino.0) {
+            self.delegations.write_back(None, None);
+        }
         // Read-after-write within this mount: what is buffered is committed first.
         if let Err(e) = self.flush_inode(ino.0) {
             return reply.error(e);
@@ -768,7 +864,7 @@ impl Filesystem for ShoalFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: fuser::FileHandle,
         offset: u64,
         data: &[u8],
@@ -787,6 +883,9 @@ impl Filesystem for ShoalFs {
             if f.append {
                 // O_APPEND: the end is the committed size plus what this file buffered.
                 drop(f);
+                if self.delegations.is_pending(ino.0) {
+                    self.delegations.write_back(None, None);
+                }
                 if let Err(e) = self.flush_file(&file) {
                     return reply.error(e);
                 }
@@ -817,7 +916,11 @@ impl Filesystem for ShoalFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: fuser::FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: fuser::FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Durable means at the metadata service too, for a file created here.
+        if self.delegations.is_pending(ino.0) {
+            self.delegations.write_back(None, None);
+        }
         match self.file(fh).and_then(|f| self.flush_file(&f)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -842,8 +945,11 @@ impl Filesystem for ShoalFs {
         self.open.lock().expect("open").remove(&fh.0);
         let handle = file.lock().expect("file").handle;
         // The open record is released a moment later, together with others (one log entry for
-        // many closes instead of one each, out of the way of the next create).
-        self.releases.lock().expect("releases").push(handle);
+        // many closes instead of one each, out of the way of the next create). A file created
+        // here and not written back has none.
+        if !self.delegations.closed(handle.inode.0) {
+            self.releases.lock().expect("releases").push(handle);
+        }
         match flushed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -851,6 +957,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: fuser::FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.write_back_creates();
         // Offsets: 1 is ".", 2 is "..", then each entry's cookie + 2.
         let dir = self.handle(ino);
         if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
@@ -893,11 +1000,13 @@ impl Filesystem for ShoalFs {
             libc::XATTR_REPLACE => 2,
             _ => return reply.error(Errno::EINVAL),
         };
+        self.write_back_creates();
         let r = name_of(name).and_then(|name| {
             let op = MetaOp::SetXattr { handle: self.handle(ino), name, value: value.to_vec(), flags };
             self.run(self.client.meta_as(&self.cred(req), op))
         });
         self.promises.forget_caps(ino.0);
+        self.delegations.dir_changed(Some(ino.0));
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -906,6 +1015,10 @@ impl Filesystem for ShoalFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let caps = name == CAPS_XATTR;
+        if self.delegations.is_pending(ino.0) {
+            // Created here and not written back: no extended attribute yet.
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
         if caps && self.promises.caps_absent(ino.0) {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
@@ -922,6 +1035,9 @@ impl Filesystem for ShoalFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.delegations.is_pending(ino.0) {
+            return xattr_reply(reply, size, &[]);
+        }
         match self.run(self.client.meta_as(&self.cred(req), MetaOp::ListXattr { handle: self.handle(ino) })) {
             Ok(shoal_types::meta_msg::MetaReply::XattrNames(names)) => {
                 let mut list = Vec::new();
@@ -937,8 +1053,10 @@ impl Filesystem for ShoalFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.write_back_creates();
         let r = name_of(name).and_then(|name| self.run(self.client.meta_as(&self.cred(req), MetaOp::RemoveXattr { handle: self.handle(ino), name })));
         self.promises.forget_caps(ino.0);
+        self.delegations.dir_changed(Some(ino.0));
         match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -984,6 +1102,8 @@ pub struct MountOptions {
     pub inline_bytes: u64,
     /// Read-only opens keep reading the version they opened.
     pub open_snapshot: bool,
+    /// Ask for directory delegations (create files locally, write them back shortly).
+    pub delegations: bool,
     pub ids: IdMap,
 }
 
@@ -1006,9 +1126,13 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     fs.whole_file_bytes = opts.whole_file_bytes;
     fs.inline_bytes = opts.inline_bytes.min(shoal_types::meta_msg::INLINE_BYTES_MAX);
     fs.open_snapshot = opts.open_snapshot;
+    fs.delegate = opts.delegations;
     fs.ids = opts.ids.clone();
     let promises = fs.promises.clone();
     let releases = fs.releases.clone();
+    let delegations = fs.delegations.clone();
+    let keeper_delegations = delegations.clone();
+    std::thread::Builder::new().name("delegations".into()).spawn(move || delegation::keeper(keeper_delegations))?;
     let (open, changes, flusher_rt, flusher_client) = (fs.open.clone(), fs.local_changes.clone(), rt.clone(), client.clone());
     std::thread::Builder::new()
         .name("old-writes".into())
@@ -1023,10 +1147,15 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
         send_releases(&release_rt, &release_client, &thread_releases);
     })?;
     let (last_rt, last_client) = (rt.clone(), client.clone());
+    let recall_delegations = delegations.clone();
+    let recall = move |dir: InodeId| recall_delegations.recall(dir.0);
     std::thread::Builder::new()
         .name("callbacks".into())
-        .spawn(move || promises::callback_loop(rt, client, promises, notifier, ignore))?;
+        .spawn(move || promises::callback_loop(rt, client, promises, notifier, ignore, recall))?;
     let served = session.run();
+    // Files created here go to the metadata service before the session ends, and delegated
+    // directories back to everyone.
+    delegations.give_all_back();
     send_releases(&last_rt, &last_client, &releases);
     served
 }

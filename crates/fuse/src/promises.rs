@@ -14,6 +14,7 @@
 use fuser::{INodeNo, Notifier};
 use shoal_client::Client;
 use shoal_types::meta_msg::Invalidate;
+use shoal_types::InodeId;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -112,6 +113,7 @@ impl Promises {
                     }
                     inval_inode(notifier, ino.0);
                 }
+                Invalidate::Recall(_) => {}
                 Invalidate::Entry { parent, name } => {
                     {
                         let mut held = self.held.lock().expect("held lock");
@@ -158,7 +160,7 @@ fn inval_entry(notifier: &Notifier, parent: u64, name: &str) {
 /// Poll the callback channel for as long as the mount lives. With `ignore` (fault injection for
 /// tests: a mount whose callback channel is cut) callbacks are neither carried out nor
 /// acknowledged, so the leader has to wait for their leases to end.
-pub fn callback_loop(rt: tokio::runtime::Handle, client: Arc<Client>, promises: Arc<Promises>, notifier: Notifier, ignore: bool) {
+pub fn callback_loop(rt: tokio::runtime::Handle, client: Arc<Client>, promises: Arc<Promises>, notifier: Notifier, ignore: bool, recall: impl Fn(InodeId)) {
     let mut acks = Vec::new();
     let mut term = None;
     loop {
@@ -174,6 +176,13 @@ pub fn callback_loop(rt: tokio::runtime::Handle, client: Arc<Client>, promises: 
                     continue;
                 }
                 for cb in callbacks {
+                    // A recalled directory is given back (after what was created in it is
+                    // written back) before the callback is acknowledged.
+                    for item in &cb.items {
+                        if let Invalidate::Recall(dir) = item {
+                            recall(*dir);
+                        }
+                    }
                     promises.invalidate(&notifier, &cb.items);
                     acks.push(cb.id);
                 }

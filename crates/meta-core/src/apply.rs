@@ -165,7 +165,12 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::StoreHeartbeat(hb) => return self.store_heartbeat(hb),
             MetaOp::ReportCorrupt { store, blobs } => return self.report_corrupt(*store, blobs),
             MetaOp::StoreInventory { store, from, blobs, done } => return self.store_inventory(*store, *from, blobs, *done),
-            op if op.is_read() => return crate::read::read_op(self.kv, &req.cred, op, self.now),
+            op if op.is_read() => {
+                for dir in touched_dirs(self.kv, op) {
+                    check_delegation(self.kv, dir, req.session, self.now)?;
+                }
+                return crate::read::read_op(self.kv, &req.cred, op, self.now);
+            }
             _ => {}
         }
         // Everything else is exactly-once on a live session.
@@ -207,21 +212,75 @@ impl<K: Kv> Sm<'_, K> {
 
     fn mutate(&mut self, req: &MetaRequest) -> MetaResponse {
         let cred = &req.cred;
+        for dir in touched_dirs(self.kv, &req.op) {
+            check_delegation(self.kv, dir, req.session, self.now)?;
+        }
         match &req.op {
+            MetaOp::Delegate { dir } => self.delegate(req.session, cred, dir),
+            MetaOp::ReturnDelegation { dir } => {
+                let dkey = key::u64(dir.inode.0);
+                if load::<DelegationRec>(self.kv, Table::Delegations, &dkey).is_some_and(|d| d.session == req.session) {
+                    self.kv.delete(Table::Delegations, &dkey);
+                }
+                Ok(MetaReply::Ok)
+            }
+            MetaOp::ReserveInodes { count } => {
+                if *count == 0 || *count > RESERVED_INODES_MAX {
+                    return Err(FsError::Invalid(format!("reserve 1 to {RESERVED_INODES_MAX} inode numbers")));
+                }
+                let first = self.counters.next_inode;
+                self.counters.next_inode += u64::from(*count);
+                store(self.kv, Table::InodeGrants, &key::u64_u64(req.session.0, self.counters.next_inode), &first);
+                Ok(MetaReply::Inodes { first: InodeId(first), count: *count })
+            }
+            MetaOp::CreateAt { parent, name, inode, mode, time, open, count, bytes } => {
+                // The number must be one this session reserved and has not used.
+                let grant = self.kv.scan(Table::InodeGrants, &key::u64_u64(req.session.0, inode.0 + 1), &key::prefix_end(req.session.0), 1);
+                let Some((gkey, first)) = grant.into_iter().next().and_then(|(k, v)| Some((k, codec::decode::<u64>(&v).ok()?))) else {
+                    return Err(FsError::Invalid(format!("inode number {} was not reserved by this session", inode.0)));
+                };
+                if first > inode.0 {
+                    return Err(FsError::Invalid(format!("inode number {} was not reserved by this session", inode.0)));
+                }
+                let attr = match self.create(cred, parent, name, FileKind::File, *mode, 0, true, None, Some((*inode, *time)))? {
+                    MetaReply::Attr(a) => a,
+                    other => return Ok(other),
+                };
+                // Used once: the grant is split around it.
+                let end = key::read_u64(&gkey, 8);
+                self.kv.delete(Table::InodeGrants, &gkey);
+                if first < inode.0 {
+                    store(self.kv, Table::InodeGrants, &key::u64_u64(req.session.0, inode.0), &first);
+                }
+                if inode.0 + 1 < end {
+                    store(self.kv, Table::InodeGrants, &gkey, &(inode.0 + 1));
+                }
+                if *open {
+                    self.open(req.session, &attr.handle)?;
+                }
+                let intent = match *count > 0 {
+                    true => match self.alloc_blobs(req.session, cred, &attr.handle, *count, *bytes) {
+                        Ok(MetaReply::Intent(i)) => Some(i),
+                        _ => None,
+                    },
+                    false => None,
+                };
+                Ok(MetaReply::Created { attr, intent })
+            }
             MetaOp::RenewSession | MetaOp::CloseSession => Ok(MetaReply::Ok),
             MetaOp::SetAttr { handle, set } => self.setattr(cred, handle, set),
             MetaOp::Create { parent, name, kind, mode, rdev, exclusive } => {
-                self.create(cred, parent, name, *kind, *mode, *rdev, *exclusive, None)
+                self.create(cred, parent, name, *kind, *mode, *rdev, *exclusive, None, None)
             }
             MetaOp::CreateOpen { parent, name, mode, exclusive } => {
-                let reply = self.create(cred, parent, name, FileKind::File, *mode, 0, *exclusive, None)?;
+                let reply = self.create(cred, parent, name, FileKind::File, *mode, 0, *exclusive, None, None)?;
                 match reply {
                     MetaReply::Attr(a) => self.open(req.session, &a.handle),
                     other => Ok(other),
                 }
             }
             MetaOp::CreateOpenReserve { parent, name, mode, exclusive, count, bytes } => {
-                let attr = match self.create(cred, parent, name, FileKind::File, *mode, 0, *exclusive, None)? {
+                let attr = match self.create(cred, parent, name, FileKind::File, *mode, 0, *exclusive, None, None)? {
                     MetaReply::Attr(a) => a,
                     other => return Ok(other),
                 };
@@ -234,13 +293,13 @@ impl<K: Kv> Sm<'_, K> {
                 Ok(MetaReply::Created { attr, intent })
             }
             MetaOp::Mkdir { parent, name, mode } => {
-                self.create(cred, parent, name, FileKind::Dir, *mode, 0, true, None)
+                self.create(cred, parent, name, FileKind::Dir, *mode, 0, true, None, None)
             }
             MetaOp::Symlink { parent, name, target } => {
                 if target.is_empty() || target.len() > 4096 {
                     return Err(FsError::Invalid("bad symlink target".into()));
                 }
-                self.create(cred, parent, name, FileKind::Symlink, 0o777, 0, true, Some(target.clone()))
+                self.create(cred, parent, name, FileKind::Symlink, 0o777, 0, true, Some(target.clone()), None)
             }
             MetaOp::Link { handle, new_parent, new_name } => self.link(cred, handle, new_parent, new_name),
             MetaOp::Unlink { parent, name } => self.remove(cred, parent, name, false),
@@ -315,6 +374,9 @@ impl<K: Kv> Sm<'_, K> {
 
     fn end_session(&mut self, session: SessionId) {
         self.kv.delete(Table::Sessions, &key::u64(session.0));
+        for (k, _) in self.kv.scan(Table::InodeGrants, &key::u64(session.0), &key::prefix_end(session.0), usize::MAX) {
+            self.kv.delete(Table::InodeGrants, &k);
+        }
         for (k, _) in self.kv.scan(Table::Replies, &key::u64(session.0), &key::prefix_end(session.0), usize::MAX) {
             self.kv.delete(Table::Replies, &k);
         }
@@ -356,6 +418,12 @@ impl<K: Kv> Sm<'_, K> {
                     self.drop_intent(&k);
                     expired += 1;
                 }
+            }
+        }
+        // Delegations that ran out.
+        for (k, v) in self.kv.scan(Table::Delegations, &[], &[0xff; 9], crate::EXPIRE_PER_TICK_MAX) {
+            if codec::decode::<DelegationRec>(&v).is_ok_and(|d| d.until < now) {
+                self.kv.delete(Table::Delegations, &k);
             }
         }
         // Declare silent servers failed and queue their blobs for repair. Not right after a gap
@@ -408,6 +476,7 @@ impl<K: Kv> Sm<'_, K> {
         rdev: u32,
         exclusive: bool,
         target: Option<String>,
+        at: Option<(InodeId, TimeNs)>,
     ) -> MetaResponse {
         check_name(name)?;
         let mut dir = dir_of(self.kv, parent)?;
@@ -424,8 +493,13 @@ impl<K: Kv> Sm<'_, K> {
         if kind == FileKind::Dir && dir.nlink >= crate::LINKS_MAX {
             return Err(FsError::TooManyLinks);
         }
-        let ino = InodeId(self.counters.next_inode);
-        self.counters.next_inode += 1;
+        let (ino, time) = match at {
+            Some(at) => at,
+            None => {
+                self.counters.next_inode += 1;
+                (InodeId(self.counters.next_inode - 1), self.now)
+            }
+        };
         // setgid directories pass their group on, and setgid on to subdirectories.
         let (gid, mut mode) = if dir.mode & 0o2000 != 0 { (dir.gid, mode) } else { (cred.gid, mode) };
         if dir.mode & 0o2000 != 0 && kind == FileKind::Dir {
@@ -440,10 +514,10 @@ impl<K: Kv> Sm<'_, K> {
             size: target.as_ref().map_or(0, |t| t.len() as u64),
             nlink: if kind == FileKind::Dir { 2 } else { 1 },
             rdev,
-            atime: self.now,
-            mtime: self.now,
-            ctime: self.now,
-            crtime: self.now,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
             version: 1,
             parent: (kind == FileKind::Dir).then_some(parent.inode),
             symlink_target: target,
@@ -459,6 +533,17 @@ impl<K: Kv> Sm<'_, K> {
         self.put_inode(parent.inode, &dir);
         self.counters.files += 1;
         Ok(MetaReply::Attr(attr_of(ino, &rec)))
+    }
+
+    fn delegate(&mut self, session: SessionId, cred: &Credentials, dir: &FileHandle) -> MetaResponse {
+        let rec = dir_of(self.kv, dir)?;
+        perm::check(&rec, cred, W | X)?;
+        if rec.entries > DELEGATION_ENTRIES_MAX {
+            return Err(FsError::NotSupported(format!("delegation of a directory of more than {DELEGATION_ENTRIES_MAX} entries")));
+        }
+        let until = self.now + DELEGATION_LEASE_NS;
+        store(self.kv, Table::Delegations, &key::u64(dir.inode.0), &DelegationRec { session, until });
+        Ok(MetaReply::Delegated { attr: attr_of(dir.inode, &rec) })
     }
 
     fn add_entry(&mut self, parent: InodeId, dir: &mut InodeRec, name: &str, ino: InodeId, kind: FileKind) {
@@ -1492,5 +1577,40 @@ fn range_end(a: u64, last: u64) -> Vec<u8> {
     match last.checked_add(1) {
         Some(next) => key::u64_u64(a, next),
         None => key::prefix_end(a),
+    }
+}
+
+/// Refuse a request of `session` that touches directory `dir` while another session holds its
+/// delegation.
+pub(crate) fn check_delegation(kv: &impl KvRead, dir: InodeId, session: SessionId, now: TimeNs) -> FsResult<()> {
+    match load::<DelegationRec>(kv, Table::Delegations, &key::u64(dir.0)) {
+        Some(d) if d.session != session && d.until >= now => Err(FsError::Delegated { dir, holder: d.session, until: d.until }),
+        _ => Ok(()),
+    }
+}
+
+/// The directories whose entries a request reads or changes (a directory removed or replaced
+/// by a rename counts: what its holder created in it would be lost).
+pub(crate) fn touched_dirs(kv: &impl KvRead, op: &MetaOp) -> Vec<InodeId> {
+    let dir_named = |parent: &FileHandle, name: &str| {
+        load::<DirentRec>(kv, Table::Dirents, &key::u64_name(parent.inode.0, name)).filter(|e| e.kind == FileKind::Dir).map(|e| e.inode)
+    };
+    match op {
+        MetaOp::Lookup { parent, .. } => vec![parent.inode],
+        MetaOp::GetAttr { handle } => vec![handle.inode],
+        MetaOp::Readdir { dir, .. } | MetaOp::Delegate { dir } => vec![dir.inode],
+        MetaOp::Create { parent, .. }
+        | MetaOp::CreateOpen { parent, .. }
+        | MetaOp::CreateOpenReserve { parent, .. }
+        | MetaOp::CreateAt { parent, .. }
+        | MetaOp::Mkdir { parent, .. }
+        | MetaOp::Symlink { parent, .. }
+        | MetaOp::Unlink { parent, .. } => vec![parent.inode],
+        MetaOp::Link { new_parent, .. } => vec![new_parent.inode],
+        MetaOp::Rmdir { parent, name } => std::iter::once(parent.inode).chain(dir_named(parent, name)).collect(),
+        MetaOp::Rename { parent, new_parent, new_name, .. } => {
+            [parent.inode, new_parent.inode].into_iter().chain(dir_named(new_parent, new_name)).collect()
+        }
+        _ => Vec::new(),
     }
 }

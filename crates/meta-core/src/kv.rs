@@ -57,9 +57,13 @@ pub enum Table {
     Returning,
     /// blob -> bytes: blobs the metadata holds itself ([`shoal_types::Policy::Inline`]).
     Inline,
+    /// directory -> `DelegationRec`: directories delegated to a session ([`MetaOp::Delegate`]).
+    Delegations,
+    /// (session, end) -> first: inode numbers `first..end` reserved by a session and not used yet.
+    InodeGrants,
 }
 
-pub const TABLES: [Table; 22] = [
+pub const TABLES: [Table; 24] = [
     Table::Meta,
     Table::Inodes,
     Table::Dirents,
@@ -82,6 +86,8 @@ pub const TABLES: [Table; 22] = [
     Table::Damaged,
     Table::Returning,
     Table::Inline,
+    Table::Delegations,
+    Table::InodeGrants,
 ];
 
 impl Table {
@@ -109,6 +115,8 @@ impl Table {
             Table::Damaged => "damaged",
             Table::Returning => "returning",
             Table::Inline => "inline",
+            Table::Delegations => "delegations",
+            Table::InodeGrants => "inode_grants",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Read-only operations, served from the state after a leadership check, without a log entry.
 
-use crate::apply::{attr_of, check_name, dir_of, inode_of, load};
+use crate::apply::{attr_of, check_delegation, check_name, dir_of, inode_of, load, touched_dirs};
 use crate::kv::{key, KvRead, Table};
 use crate::perm::{self, X};
 use crate::records::*;
@@ -14,6 +14,9 @@ use shoal_types::*;
 pub fn read(kv: &impl KvRead, req: &MetaRequest, now: TimeNs) -> MetaResponse {
     if !req.op.is_read() {
         return Err(FsError::Invalid("not a read".into()));
+    }
+    for dir in touched_dirs(kv, &req.op) {
+        check_delegation(kv, dir, req.session, now)?;
     }
     read_op(kv, &req.cred, &req.op, now)
 }

@@ -94,3 +94,10 @@ pub struct RepairRec {
 pub struct GcBlob {
     pub blob: BlobId,
 }
+
+/// A directory delegated to a session ([`shoal_types::meta_msg::MetaOp::Delegate`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegationRec {
+    pub session: SessionId,
+    pub until: TimeNs,
+}

@@ -794,3 +794,84 @@ fn inline_commits_are_small_at_the_start_of_the_file_and_match_their_bytes() {
     t.op(MetaOp::CommitInline { commit, grow: false, data }).unwrap();
     assert_eq!(t.kv.len(Table::Inline), 1);
 }
+
+/// A delegated directory: the holder reads and changes it; every other session's reads and
+/// changes of its entries are refused with `Delegated` (naming the holder and the end of the
+/// lease) until the holder gives it back or the lease ends.
+#[test]
+fn a_delegated_directory_is_the_holders_alone_until_returned_or_expired() {
+    let mut t = T::new();
+    let d = t.must_mkdir(ROOT, "d");
+    let sub = t.must_mkdir(d.handle, "sub");
+    let holder = t.session;
+    let Ok(MetaReply::Session { session: other, .. }) = t.op(MetaOp::OpenSession { client: "other".into() }) else { panic!() };
+    let r = t.op(MetaOp::Delegate { dir: d.handle });
+    assert!(matches!(r, Ok(MetaReply::Delegated { ref attr }) if attr.handle == d.handle), "{r:?}");
+    t.must_create(d.handle, "mine");
+    assert!(t.lookup(d.handle, "mine").is_ok());
+    t.session = other;
+    fn is_refused<R>(r: &FsResult<R>, holder: SessionId) -> bool {
+        matches!(r, Err(FsError::Delegated { holder: h, .. }) if *h == holder)
+    }
+    assert!(is_refused(&t.lookup(d.handle, "mine"), holder), "lookup");
+    assert!(is_refused(&t.read(MetaOp::Readdir { dir: d.handle, cookie: 0, limit: 10 }), holder), "readdir");
+    assert!(is_refused(&t.read(MetaOp::GetAttr { handle: d.handle }), holder), "getattr of the directory");
+    assert!(is_refused(&t.op(MetaOp::Create { parent: d.handle, name: "x".into(), kind: FileKind::File, mode: 0o644, rdev: 0, exclusive: true }), holder));
+    assert!(is_refused(&t.op(MetaOp::Unlink { parent: d.handle, name: "mine".into() }), holder));
+    assert!(!is_refused(&t.op(MetaOp::Rename { parent: ROOT, name: "d".into(), new_parent: ROOT, new_name: "e".into(), no_replace: false }), holder), "moving the directory itself leaves its entries alone");
+    assert!(is_refused(&t.op(MetaOp::Delegate { dir: d.handle }), holder), "one holder at a time");
+    // A directory removed or replaced by someone else counts as touched.
+    let e = t.lookup(ROOT, "e").unwrap();
+    t.session = holder;
+    t.op(MetaOp::Delegate { dir: sub.handle }).unwrap();
+    t.session = other;
+    assert!(is_refused(&t.op(MetaOp::Rmdir { parent: e.handle, name: "sub".into() }), holder));
+    let _ = t.must_mkdir(ROOT, "empty");
+    assert!(is_refused(&t.op(MetaOp::Rename { parent: ROOT, name: "empty".into(), new_parent: e.handle, new_name: "sub".into(), no_replace: false }), holder));
+    // Given back: open to all again.
+    t.op(MetaOp::ReturnDelegation { dir: d.handle }).unwrap();
+    assert!(is_refused(&t.lookup(d.handle, "mine"), holder), "only its holder gives it back");
+    t.session = holder;
+    t.op(MetaOp::ReturnDelegation { dir: d.handle }).unwrap();
+    t.session = other;
+    assert!(t.lookup(d.handle, "mine").is_ok());
+    // Run out: open too, and swept away by a tick.
+    t.now += DELEGATION_LEASE_NS;
+    assert!(t.op(MetaOp::Rmdir { parent: e.handle, name: "sub".into() }).is_ok());
+    t.cmd(CommandKind::Tick).unwrap();
+    assert_eq!(t.kv.len(Table::Delegations), 0);
+}
+
+/// Files created under a delegation take inode numbers the session reserved, each once, and
+/// the timestamps of their creation on the client; a retried `CreateAt` gets its first answer.
+#[test]
+fn reserved_inode_numbers_are_used_once_by_their_session_only() {
+    let mut t = T::new();
+    let d = t.must_mkdir(ROOT, "d");
+    let Ok(MetaReply::Inodes { first, count: 3 }) = t.op(MetaOp::ReserveInodes { count: 3 }) else { panic!() };
+    let next = t.must_create(ROOT, "after");
+    assert_eq!(next.handle.inode.0, first.0 + 3, "the numbers are taken from the counter");
+    let at = |name: &str, inode: u64| MetaOp::CreateAt { parent: d.handle, name: name.into(), inode: InodeId(inode), mode: 0o600, time: 77, open: true, count: 0, bytes: 0 };
+    let op = at("b", first.0 + 1);
+    let r = t.op(op.clone());
+    let Ok(MetaReply::Created { attr, intent: None }) = r.clone() else { panic!("{r:?}") };
+    assert_eq!((attr.handle.inode, attr.mtime, attr.ctime, attr.mode & 0o777), (InodeId(first.0 + 1), 77, 77, 0o600));
+    assert_eq!(t.retry(op), r);
+    assert_eq!(t.kv.len(Table::Opens), 1, "open, as asked");
+    // Used: not again, not even once the file is gone.
+    t.op(MetaOp::Unlink { parent: d.handle, name: "b".into() }).unwrap();
+    assert!(matches!(t.op(at("b2", first.0 + 1)), Err(FsError::Invalid(_))));
+    assert!(matches!(t.op(at("big", first.0 + 3)), Err(FsError::Invalid(_))), "beyond the reservation");
+    assert!(matches!(t.op(at("old", 1)), Err(FsError::Invalid(_))), "never reserved");
+    // The rest of the reservation is still good, on both sides of the used number ...
+    let Ok(MetaReply::Created { .. }) = t.op(at("c", first.0 + 2)) else { panic!() };
+    // ... but not for another session.
+    let Ok(MetaReply::Session { session: other, .. }) = t.op(MetaOp::OpenSession { client: "other".into() }) else { panic!() };
+    let mine = t.session;
+    t.session = other;
+    assert!(matches!(t.op(at("a", first.0)), Err(FsError::Invalid(_))));
+    t.session = mine;
+    assert!(matches!(t.op(at("c", first.0)), Err(FsError::Exists)), "a taken name is refused and the number stays");
+    let Ok(MetaReply::Created { .. }) = t.op(at("a", first.0)) else { panic!() };
+    assert_eq!(t.kv.len(Table::InodeGrants), 0);
+}

@@ -61,6 +61,9 @@ struct State {
     /// Sessions closed lately (oldest first, at most `ENDED_MAX`): a poll still in flight when
     /// the session closed must not make it a watcher again.
     ended: std::collections::VecDeque<SessionId>,
+    /// Sessions waiting for the recall of a delegated directory, with how many of their
+    /// requests wait for each (see [`Promises::recall_waiting`]).
+    recalling: HashMap<(SessionId, InodeId), usize>,
 }
 
 /// Closed sessions remembered, so a late poll is refused.
@@ -99,6 +102,7 @@ impl Promises {
                 recorded: None,
                 inherited: None,
                 ended: std::collections::VecDeque::new(),
+                recalling: HashMap::new(),
             }),
         }
     }
@@ -165,6 +169,11 @@ impl Promises {
         }
         let mut waits = Vec::new();
         for (session, (items, expiry)) in per_holder {
+            // A session with a request waiting for the recall of a directory these changes are
+            // in is told, but not waited for: its mount may be unable to carry the callback
+            // out before that request ends (the kernel holds the directory's lock for it), and
+            // the recall waits for these changes, so waiting here would wait for the lease.
+            let blocked = items.iter().any(|i| st.recalling.contains_key(&(session, i.inode())));
             let id = st.next_callback;
             st.next_callback += 1;
             let Some(w) = st.watchers.get_mut(&session) else { continue };
@@ -172,9 +181,40 @@ impl Promises {
             w.queue.push(Callback { id, items });
             w.unacked.insert(id, tx);
             w.wake.notify_one();
-            waits.push(AckWait { holder: session, callback: id, acked: rx, expiry });
+            if !blocked {
+                waits.push(AckWait { holder: session, callback: id, acked: rx, expiry });
+            }
         }
         waits
+    }
+
+    /// `session` starts (`true`) or stops waiting for the recall of `dir`.
+    pub fn recall_waiting(&self, session: SessionId, dir: InodeId, waiting: bool) {
+        let mut st = self.lock();
+        let n = st.recalling.entry((session, dir)).or_default();
+        if waiting {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.recalling.remove(&(session, dir));
+            }
+        }
+    }
+
+    /// Ask `holder` to give back its delegation of `dir` (a callback with
+    /// [`Invalidate::Recall`]). `None` when it does not poll this leader: then only the end of
+    /// its lease, `expiry`, frees the directory.
+    pub fn recall(&self, holder: SessionId, dir: InodeId, expiry: Instant) -> Option<AckWait> {
+        let mut st = self.lock();
+        let id = st.next_callback;
+        st.next_callback += 1;
+        let w = st.watchers.get_mut(&holder)?;
+        let (tx, rx) = oneshot::channel();
+        w.queue.push(Callback { id, items: vec![Invalidate::Recall(dir)] });
+        w.unacked.insert(id, tx);
+        w.wake.notify_one();
+        Some(AckWait { holder, callback: id, acked: rx, expiry })
     }
 
     /// A poll of the callback channel: take the acknowledgements, return what is queued (maybe
@@ -477,6 +517,23 @@ mod tests {
         assert!(p.begin(A, &[InodeId(1)], now).is_some());
         assert_eq!(p.horizon_due(now, Duration::from_millis(500)), None);
         assert!(p.horizon_due(now + Duration::from_millis(600), Duration::from_millis(500)).is_some(), "renewed before it runs out");
+    }
+
+    #[tokio::test]
+    async fn a_recall_reaches_the_holder_and_its_ack_frees_the_waiter() {
+        let p = p();
+        let now = Instant::now();
+        let expiry = now + Duration::from_secs(5);
+        assert!(p.recall(A, InodeId(9), expiry).is_none(), "A does not poll: only the lease's end frees the directory");
+        p.poll(A, &[], true, now);
+        let mut wait = p.recall(A, InodeId(9), expiry).expect("queued");
+        assert_eq!(wait.expiry, expiry);
+        let (cbs, _) = p.poll(A, &[], true, now);
+        assert_eq!(cbs.len(), 1);
+        assert_eq!(cbs[0].items, vec![Invalidate::Recall(InodeId(9))]);
+        assert!(wait.acked.try_recv().is_err());
+        p.poll(A, &[cbs[0].id], true, now);
+        assert!(wait.acked.try_recv().is_ok());
     }
 
     #[tokio::test]

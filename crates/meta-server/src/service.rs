@@ -34,6 +34,10 @@ pub const WATCH_WAIT: Duration = Duration::from_secs(1);
 pub const QUORUM_LOST_AFTER: Duration = Duration::from_millis(1500);
 /// How often the leader checks that it still has its majority, for the requests waiting on it.
 const QUORUM_POLL: Duration = Duration::from_millis(100);
+/// Recalls of a delegated directory one read waits for before it gives up.
+const RECALL_ATTEMPTS_MAX: u32 = 3;
+/// Waited beyond the end of a delegation's lease (clocks of the nodes differ a little).
+const RECALL_MARGIN: Duration = Duration::from_millis(20);
 /// A promise horizon is renewed when it covers less than a lease plus this.
 pub const HORIZON_MARGIN: Duration = Duration::from_millis(500);
 
@@ -240,6 +244,35 @@ impl MetaService {
         }
     }
 
+    /// `holder` has the delegation of `dir` until `until` (cluster time): ask it to give it
+    /// back and wait until it acknowledged (having given it back) or its lease ran out. After
+    /// a first recall that did not free the directory, only the end of the lease does.
+    async fn recall(&self, asker: SessionId, dir: InodeId, holder: SessionId, until: shoal_types::attr::TimeNs, attempt: u32) {
+        let left = Duration::from_nanos(until.saturating_sub(now_ns()).max(0) as u64) + RECALL_MARGIN;
+        let expiry = tokio::time::Instant::now() + left;
+        // Counted while waiting, also if the request is dropped meanwhile.
+        struct Waiting<'a>(&'a Promises, SessionId, InodeId);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.recall_waiting(self.1, self.2, false);
+            }
+        }
+        self.promises.recall_waiting(asker, dir, true);
+        let _waiting = Waiting(&self.promises, asker, dir);
+        self.recall_wait(dir, holder, expiry, attempt).await;
+    }
+
+    async fn recall_wait(&self, dir: InodeId, holder: SessionId, expiry: tokio::time::Instant, attempt: u32) {
+        match self.promises.recall(holder, dir, expiry).filter(|_| attempt == 0) {
+            Some(w) => {
+                if tokio::time::timeout_at(w.expiry, w.acked).await.is_err() {
+                    tracing::warn!(session = holder.0, dir = dir.0, "a mount did not give a delegated directory back: waited for its lease to end");
+                }
+            }
+            None => tokio::time::sleep_until(expiry).await,
+        }
+    }
+
     async fn read_now(&self, req: MetaRequest) -> MetaResponse {
         tokio::select! {
             r = self.read_barrier() => r?,
@@ -302,8 +335,19 @@ impl MetaService {
             return self.watch(req.session, acks, *term).await;
         }
         if req.op.is_read() {
-            return self.read(req).await;
+            // A read of a directory delegated to another session waits for its recall.
+            let mut attempt = 0;
+            loop {
+                match self.read(req.clone()).await {
+                    Err(FsError::Delegated { dir, holder, until }) if attempt < RECALL_ATTEMPTS_MAX => {
+                        self.recall(req.session, dir, holder, until, attempt).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
         }
+        let is_delegate = matches!(req.op, MetaOp::Delegate { .. });
         let is_heartbeat = matches!(req.op, MetaOp::StoreHeartbeat(_));
         let is_close = matches!(req.op, MetaOp::CloseSession);
         let (writer, invalidates) = (req.session, req.op.invalidates());
@@ -317,9 +361,19 @@ impl MetaService {
         // waiting is refused as soon as the loss shows, not left to the client's timeout: the
         // client retries elsewhere with the same sequence number, so whether or not this
         // proposal ever commits, it takes effect once.
-        let mut reply = tokio::select! {
-            r = self.propose(CommandKind::Request(req)) => r?,
+        let mut reply = match tokio::select! {
+            r = self.propose(CommandKind::Request(req)) => r,
             e = self.quorum_lost() => return Err(e),
+        } {
+            Ok(r) => r,
+            // Refused because another session holds a directory it touches: recall it, then
+            // the client sends the request again (as a new one: this one's answer is kept).
+            // A request for the delegation itself recalls nothing: the asker does without.
+            Err(FsError::Delegated { dir, holder, until }) if !is_delegate => {
+                self.recall(writer, dir, holder, until, 0).await;
+                return Err(FsError::Delegated { dir, holder, until });
+            }
+            Err(e) => return Err(e),
         };
         self.call_back(writer, &invalidates).await;
         if let (Some(since), MetaReply::Created { attr, .. }) = (since, &reply) {

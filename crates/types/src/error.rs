@@ -68,6 +68,10 @@ pub enum FsError {
     /// The ticket ran out: get a new one (renew, or log in again).
     #[error("ticket expired; run `shoal login` again")]
     TicketExpired,
+    /// The directory is delegated to another session until `until` (cluster time): the
+    /// leader recalls it, then the request is sent again as a new one.
+    #[error("directory delegated to session {holder:?}")]
+    Delegated { dir: crate::ids::InodeId, holder: crate::ids::SessionId, until: crate::attr::TimeNs },
 }
 
 impl FsError {
@@ -102,6 +106,7 @@ impl FsError {
             FsError::NotSupported(_) => "not_supported",
             FsError::Unauthenticated(_) => "unauthenticated",
             FsError::TicketExpired => "ticket_expired",
+            FsError::Delegated { .. } => "delegated",
         }
     }
 

@@ -127,7 +127,34 @@ pub enum MetaOp {
     /// come back with the layout ([`MetaReply::Inlined`]): a small file is written and read
     /// without a storage server's round trip.
     CommitInline { commit: Commit, grow: bool, data: Vec<(BlobId, ByteBuf)> },
+    /// Ask for the *delegation* of a directory for [`DELEGATION_LEASE_NS`] (asked again to
+    /// renew): until it ends or is given back, no other session reads or changes the
+    /// directory's entries (their requests get [`FsError::Delegated`]; the leader then calls
+    /// the holder back with [`Invalidate::Recall`] and they retry once it returned the
+    /// delegation or the lease ran out). The holder may then create files in it on its own,
+    /// with inode numbers it reserved ([`MetaOp::ReserveInodes`]), and write them back later
+    /// ([`MetaOp::CreateAt`]). Refused for a directory of more than
+    /// [`DELEGATION_ENTRIES_MAX`] entries, without write permission, and (with `Delegated`)
+    /// while another session holds it. Answered with [`MetaReply::Delegated`].
+    Delegate { dir: FileHandle },
+    /// Give a delegation back (once what was created under it is written back).
+    ReturnDelegation { dir: FileHandle },
+    /// Reserve `count` (at most [`RESERVED_INODES_MAX`]) inode numbers for this session's
+    /// [`MetaOp::CreateAt`]; each is used once. Answered with [`MetaReply::Inodes`].
+    ReserveInodes { count: u32 },
+    /// Create a regular file (exclusively) with an inode number this session reserved and the
+    /// timestamps `time` it was created at under a delegation; `open`: also open it, as
+    /// `CreateOpen` does; `count`/`bytes`: also reserve blob ids, as `CreateOpenReserve` does.
+    /// Answered with [`MetaReply::Created`].
+    CreateAt { parent: FileHandle, name: String, inode: InodeId, mode: u32, time: TimeNs, open: bool, count: u32, bytes: u64 },
 }
+
+/// How long a directory delegation lasts from when it is granted ([`MetaOp::Delegate`]).
+pub const DELEGATION_LEASE_NS: TimeNs = 5_000_000_000;
+/// Largest directory (in entries) that may be delegated: its holder keeps all its names.
+pub const DELEGATION_ENTRIES_MAX: u64 = 10_000;
+/// Most inode numbers one [`MetaOp::ReserveInodes`] reserves.
+pub const RESERVED_INODES_MAX: u32 = 4096;
 
 /// The most bytes of a file the metadata service holds itself ([`MetaOp::CommitInline`]).
 pub const INLINE_BYTES_MAX: u64 = 64 << 10;
@@ -294,6 +321,11 @@ pub enum MetaReply {
     /// A layout with the bytes of its blobs that the metadata service holds itself
     /// ([`MetaOp::CommitInline`]); the client moves them into the layout's [`BlobLocation`]s.
     Inlined { data: Vec<(BlobId, ByteBuf)>, reply: Box<MetaReply> },
+    /// Answer to [`MetaOp::Delegate`]: the directory's attributes when it was granted; the
+    /// delegation ends [`DELEGATION_LEASE_NS`] after the request was sent, at the latest.
+    Delegated { attr: Attr },
+    /// Answer to [`MetaOp::ReserveInodes`]: `first` and the `count - 1` numbers after it.
+    Inodes { first: InodeId, count: u32 },
 }
 
 impl MetaReply {
@@ -349,6 +381,10 @@ pub enum Invalidate {
     /// The entry `name` of directory `parent` changed (created, removed or renamed over), and
     /// with it the directory's attributes.
     Entry { parent: InodeId, name: String },
+    /// Not an invalidation: another session needs the delegated directory. Write back what
+    /// was created in it, give the delegation back ([`MetaOp::ReturnDelegation`]), then
+    /// acknowledge.
+    Recall(InodeId),
 }
 
 impl Invalidate {
@@ -357,6 +393,7 @@ impl Invalidate {
         match self {
             Invalidate::Inode(i) => *i,
             Invalidate::Entry { parent, .. } => *parent,
+            Invalidate::Recall(dir) => *dir,
         }
     }
 }
@@ -376,6 +413,7 @@ impl MetaOp {
             MetaOp::Create { parent, name, .. }
             | MetaOp::CreateOpen { parent, name, .. }
             | MetaOp::CreateOpenReserve { parent, name, .. }
+            | MetaOp::CreateAt { parent, name, .. }
             | MetaOp::Mkdir { parent, name, .. }
             | MetaOp::Symlink { parent, name, .. }
             | MetaOp::Unlink { parent, name }

@@ -187,11 +187,8 @@ fn a_mount_killed_mid_write_leaves_the_old_or_the_new_version() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
-    let pid_file = c.path().join("pids").join(format!("mount-{}.pid", a.to_string_lossy().trim_matches('/').replace('/', "_")));
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill9_mount(&c, &a);
     let _ = dd.wait();
-    wait_dead(pid);
     let got = c.must_shoal_bytes(&["cat", "/f"]);
     assert!(got == old || got == new, "a killed writer left a torn file ({} bytes)", got.len());
     // Remounting the dead mount point works.
@@ -344,4 +341,97 @@ fn open_snapshot_keeps_reading_the_version_it_opened() {
         assert!(std::time::Instant::now() < deadline, "old blobs not freed after the last close: {st}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// How many times a mount gave a delegated directory back (its log).
+fn delegations_given_back(c: &TestCluster, mount: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(c.path().join("logs")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("mount-") && name.ends_with(&format!("_{mount}.log")) {
+            n += std::fs::read_to_string(e.path()).unwrap_or_default().matches("gave a delegated directory back").count();
+        }
+    }
+    n
+}
+
+#[test]
+fn files_created_under_a_delegation_are_seen_at_once_by_another_mount() {
+    // Mount A creates files in a directory it holds the delegation of: they exist only on A
+    // until written back. B's listing and lookups recall the directory, so B sees every file A
+    // created (with its bytes), never a directory without them; B's own create there works.
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    for round in 0..rounds(10) {
+        let d = format!("d{round}");
+        std::fs::create_dir(a.join(&d)).unwrap();
+        // The first create asks for the delegation in the background.
+        std::fs::write(a.join(&d).join("first"), b"1").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let n = 100;
+        for i in 0..n {
+            let f = std::fs::OpenOptions::new().write(true).create_new(true).open(a.join(&d).join(format!("f{i}"))).unwrap();
+            if i % 10 == 0 {
+                (&f).write_all(format!("body {i}").as_bytes()).unwrap();
+            }
+        }
+        let mut names: Vec<String> = std::fs::read_dir(b.join(&d)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        let mut want: Vec<String> = (0..n).map(|i| format!("f{i}")).chain(["first".to_string()]).collect();
+        want.sort();
+        assert_eq!(names, want, "round {round}: B's listing right after A's creates");
+        assert_eq!(std::fs::read(b.join(&d).join("f50")).unwrap(), b"body 50");
+        assert_eq!(std::fs::metadata(b.join(&d).join("f51")).unwrap().len(), 0);
+        std::fs::write(b.join(&d).join("from-b"), b"b").unwrap();
+        assert_eq!(std::fs::read(a.join(&d).join("from-b")).unwrap(), b"b", "round {round}: A sees B's file");
+        let err = std::fs::OpenOptions::new().write(true).create_new(true).open(a.join(&d).join("from-b")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    }
+    assert!(delegations_given_back(&c, "a") > 0, "A never held a delegation: the test proves nothing\n{}", c.logs_tail());
+    assert_eq!(lease_waits(&c), 0, "every callback was acknowledged");
+}
+
+/// Kill -9 the process serving a mount, and wait until it is gone.
+fn kill9_mount(c: &TestCluster, mnt: &Path) {
+    let pid_file = c.path().join("pids").join(format!("mount-{}.pid", mnt.to_string_lossy().trim_matches('/').replace('/', "_")));
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_dead(pid);
+}
+
+#[test]
+fn a_killed_holder_keeps_what_it_synced_and_frees_its_directory() {
+    // Mount A holds a directory's delegation and is killed -9: every file it fsynced is there
+    // with its bytes, and B's listing waits at most the delegation's lease, then works.
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    std::fs::create_dir(a.join("d")).unwrap();
+    std::fs::write(a.join("d").join("first"), b"1").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for i in 0..30 {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(a.join("d").join(format!("f{i}"))).unwrap();
+        f.write_all(format!("synced {i}").as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        // Kept open: the kill comes before any close.
+        std::mem::forget(f);
+    }
+    kill9_mount(&c, &a);
+    let mut names: Vec<String> = std::fs::read_dir(b.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut want: Vec<String> = (0..30).map(|i| format!("f{i}")).chain(["first".to_string()]).collect();
+    want.sort();
+    assert_eq!(names, want);
+    for i in 0..30 {
+        assert_eq!(std::fs::read(b.join("d").join(format!("f{i}"))).unwrap(), format!("synced {i}").into_bytes());
+    }
+    std::fs::write(b.join("d").join("from-b"), b"b").unwrap();
+    let waited = std::fs::read_dir(c.path().join("logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("meta"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().matches("did not give a delegated directory back").count())
+        .sum::<usize>();
+    assert!(waited > 0, "A held no delegation when it was killed: the test proves nothing\n{}", c.logs_tail());
 }
