@@ -84,6 +84,8 @@ struct State {
     ids: Vec<(u64, u64)>,
     reserving: bool,
     asking: HashSet<u64>,
+    /// Recalled while the request for them was under way: given back as soon as granted.
+    recalled_early: HashSet<u64>,
     no_ask: HashMap<u64, Instant>,
 }
 
@@ -282,6 +284,10 @@ impl Delegations {
             }
         };
         let until = sent + Duration::from_nanos(DELEGATION_LEASE_NS as u64);
+        if self.lock().recalled_early.remove(&dir.inode.0) {
+            let _ = self.client.meta(MetaOp::ReturnDelegation { dir }).await;
+            return false;
+        }
         self.lock().dirs.insert(dir.inode.0, Dir { handle: dir, until, attr: Some(attr), names: None, changes: Vec::new(), used: false, closing: false });
         // Nobody else changes the directory now: its listing stays true, with this mount's own
         // changes (noted meanwhile) on top.
@@ -368,6 +374,14 @@ impl Delegations {
         let mut intent = None;
         let mut st = self.lock();
         for ((ino, _, _, sent_open), r) in batch.into_iter().zip(results) {
+            if matches!(&r, Err(e) if e.is_retryable()) {
+                // The service is out of reach for now: kept, and written back later.
+                tracing::warn!(ino, "a file created here is not written back yet: {:?}", r.as_ref().err());
+                if let Some(p) = st.pending.get_mut(&ino) {
+                    p.sending = false;
+                }
+                continue;
+            }
             let Some(p) = st.pending.remove(&ino) else { continue };
             match r {
                 Ok(MetaReply::Created { attr, intent: i }) => {
@@ -414,7 +428,19 @@ impl Delegations {
                     d.closing = true;
                     d.handle
                 }
-                None => return,
+                None => {
+                    // Not held as far as this mount knows: granted to a request still under
+                    // way, or renewed just as it was given back. Give it back anyway.
+                    if st.asking.contains(&dir) {
+                        st.recalled_early.insert(dir);
+                    }
+                    drop(st);
+                    let handle = FileHandle { volume: VolumeId(1), inode: InodeId(dir), generation: Generation(1) };
+                    if let Err(e) = self.rt.block_on(self.client.meta(MetaOp::ReturnDelegation { dir: handle })) {
+                        tracing::debug!(dir, "delegation not given back (it runs out by itself): {e}");
+                    }
+                    return;
+                }
             }
         };
         self.give_back(dir, handle);

@@ -1597,7 +1597,8 @@ pub(crate) fn touched_dirs(kv: &impl KvRead, op: &MetaOp) -> Vec<InodeId> {
     };
     match op {
         MetaOp::Lookup { parent, .. } => vec![parent.inode],
-        MetaOp::GetAttr { handle } => vec![handle.inode],
+        // Its mode and owner decide who may create in it.
+        MetaOp::GetAttr { handle } | MetaOp::SetAttr { handle, .. } => vec![handle.inode],
         MetaOp::Readdir { dir, .. } | MetaOp::Delegate { dir } => vec![dir.inode],
         MetaOp::Create { parent, .. }
         | MetaOp::CreateOpen { parent, .. }

@@ -816,6 +816,8 @@ fn a_delegated_directory_is_the_holders_alone_until_returned_or_expired() {
     assert!(is_refused(&t.lookup(d.handle, "mine"), holder), "lookup");
     assert!(is_refused(&t.read(MetaOp::Readdir { dir: d.handle, cookie: 0, limit: 10 }), holder), "readdir");
     assert!(is_refused(&t.read(MetaOp::GetAttr { handle: d.handle }), holder), "getattr of the directory");
+    let chmod = MetaOp::SetAttr { handle: d.handle, set: SetAttr { mode: Some(0o700), ..Default::default() } };
+    assert!(is_refused(&t.op(chmod), holder), "its mode decides who may create in it");
     assert!(is_refused(&t.op(MetaOp::Create { parent: d.handle, name: "x".into(), kind: FileKind::File, mode: 0o644, rdev: 0, exclusive: true }), holder));
     assert!(is_refused(&t.op(MetaOp::Unlink { parent: d.handle, name: "mine".into() }), holder));
     assert!(!is_refused(&t.op(MetaOp::Rename { parent: ROOT, name: "d".into(), new_parent: ROOT, new_name: "e".into(), no_replace: false }), holder), "moving the directory itself leaves its entries alone");
