@@ -17,6 +17,7 @@
 
 use shoal_client::Client;
 use shoal_types::meta_msg::{Intent, MetaOp, MetaReply, DELEGATION_LEASE_NS};
+use shoal_types::ByteBuf;
 use shoal_types::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -408,6 +409,49 @@ impl Delegations {
         self.written.notify_all();
         self.wait_written(dir);
         intent
+    }
+
+    /// Write back one file created here together with its first version `data` (a small file
+    /// being closed): one command. `None` if it no longer waits here (written back meanwhile).
+    pub fn write_back_with(&self, ino: u64, data: Vec<u8>) -> Option<FsResult<()>> {
+        let (op, cred, sent_open) = {
+            let mut st = self.lock();
+            let p = st.pending.get_mut(&ino).filter(|p| !p.sending)?;
+            p.sending = true;
+            let open = p.opens > 0;
+            let op = MetaOp::CreateAtWith { parent: p.parent, name: p.name.clone(), inode: InodeId(ino), mode: p.attr.mode, time: p.attr.crtime, open, data: ByteBuf::from(data) };
+            (op, p.cred.clone(), open)
+        };
+        let r = self.rt.block_on(self.client.meta_as(&cred, op));
+        let mut st = self.lock();
+        let result = match r {
+            Err(e) if e.is_retryable() => {
+                // Kept: written back later (the data stays buffered with the open file).
+                if let Some(p) = st.pending.get_mut(&ino) {
+                    p.sending = false;
+                }
+                Err(e)
+            }
+            Ok(MetaReply::Created { attr, .. }) => {
+                if st.pending.remove(&ino).is_some_and(|p| sent_open && p.opens == 0) {
+                    self.releases.lock().expect("releases").push(attr.handle);
+                }
+                Ok(())
+            }
+            other => {
+                let p = st.pending.remove(&ino);
+                tracing::error!(ino, name = p.as_ref().map(|p| p.name.clone()), "a file created under a delegation could not be written back and is lost: {other:?}");
+                if let Some(d) = p.and_then(|p| st.dirs.get_mut(&p.dir).map(|d| (d, p.name))) {
+                    if let Some(names) = d.0.names.as_mut() {
+                        names.remove(&d.1);
+                    }
+                }
+                Err(other.err().unwrap_or_else(|| FsError::Protocol("unexpected answer to CreateAtWith".into())))
+            }
+        };
+        drop(st);
+        self.written.notify_all();
+        Some(result)
     }
 
     /// Wait until no file (of `dir`, or anywhere) is being written back by another thread.

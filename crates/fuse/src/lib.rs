@@ -466,8 +466,32 @@ impl ShoalFs {
     /// the uncommitted data is kept.
     fn flush_file(&self, file: &Mutex<OpenFile>) -> Result<(), Errno> {
         let mut f = file.lock().expect("file");
+        if self.write_back_small(&mut f)? {
+            return Ok(());
+        }
         self.put_buffer(&mut f)?;
         self.commit_pending(&mut f)
+    }
+
+    /// A small file created here under a delegation, written from its start in one run: its
+    /// create and its first version go in one command (`CreateAtWith`). False when that does
+    /// not apply (the ordinary path follows).
+    fn write_back_small(&self, f: &mut OpenFile) -> Result<bool, Errno> {
+        let ino = f.handle.inode.0;
+        let Some(buf) = f.buf.as_ref() else { return Ok(false) };
+        let small = buf.runs.len() == 1 && buf.runs[0].0 == 0 && buf.bytes as u64 <= self.inline_bytes;
+        if !small || !f.pending.is_empty() || !self.delegations.is_pending(ino) {
+            return Ok(false);
+        }
+        match self.delegations.write_back_with(ino, buf.runs[0].1.clone()) {
+            None => Ok(false),
+            Some(Ok(())) => {
+                f.buf = None;
+                self.local_changes.fetch_add(1, Ordering::AcqRel);
+                Ok(true)
+            }
+            Some(Err(e)) => Err(errno(&e)),
+        }
     }
 
     /// Flush every open file of an inode (before a read, a truncate or a getattr that must see it).

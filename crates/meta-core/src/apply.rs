@@ -233,6 +233,39 @@ impl<K: Kv> Sm<'_, K> {
                 store(self.kv, Table::InodeGrants, &key::u64_u64(req.session.0, self.counters.next_inode), &first);
                 Ok(MetaReply::Inodes { first: InodeId(first), count: *count })
             }
+            MetaOp::CreateAtWith { parent, name, inode, mode, time, open, data } => {
+                if data.len() as u64 > INLINE_BYTES_MAX {
+                    return Err(FsError::Invalid(format!("{} bytes, more than {INLINE_BYTES_MAX} inline", data.len())));
+                }
+                let op = MetaOp::CreateAt { parent: *parent, name: name.clone(), inode: *inode, mode: *mode, time: *time, open: *open, count: 0, bytes: 0 };
+                let attr = match self.mutate(&MetaRequest { op, ..req.clone() })? {
+                    MetaReply::Created { attr, .. } => attr,
+                    other => return Ok(other),
+                };
+                if data.is_empty() {
+                    return Ok(MetaReply::Created { attr, intent: None });
+                }
+                // The first version, as a commit of one inline blob under an intent made here.
+                // Its creator writes it whatever the file's mode (as open(O_CREAT) would).
+                let blob = BlobId(self.counters.next_blob);
+                self.counters.next_blob += 1;
+                let policy = inode_of(self.kv, &attr.handle)?.policy;
+                let expires = self.now + self.params.intent_lease_ns;
+                store(self.kv, Table::Intents, &key::u64(blob.0), &IntentRec { inode: *inode, session: req.session, expires, policy });
+                let len = data.len() as u64;
+                let commit = Commit {
+                    handle: attr.handle,
+                    base_version: None,
+                    chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: 0, len }] }],
+                    size: len,
+                    mtime: *time,
+                    blobs: vec![NewBlob { blob, len, crc: crc32c::crc32c(data), stores: Vec::new() }],
+                };
+                match self.commit(&Credentials::ROOT, &commit, false, &[(blob, data.clone())])? {
+                    MetaReply::Attr(attr) => Ok(MetaReply::Created { attr, intent: None }),
+                    other => Ok(other),
+                }
+            }
             MetaOp::CreateAt { parent, name, inode, mode, time, open, count, bytes } => {
                 // The number must be one this session reserved and has not used.
                 let grant = self.kv.scan(Table::InodeGrants, &key::u64_u64(req.session.0, inode.0 + 1), &key::prefix_end(req.session.0), 1);
@@ -1604,6 +1637,7 @@ pub(crate) fn touched_dirs(kv: &impl KvRead, op: &MetaOp) -> Vec<InodeId> {
         | MetaOp::CreateOpen { parent, .. }
         | MetaOp::CreateOpenReserve { parent, .. }
         | MetaOp::CreateAt { parent, .. }
+        | MetaOp::CreateAtWith { parent, .. }
         | MetaOp::Mkdir { parent, .. }
         | MetaOp::Symlink { parent, .. }
         | MetaOp::Unlink { parent, .. } => vec![parent.inode],

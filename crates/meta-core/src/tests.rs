@@ -877,3 +877,27 @@ fn reserved_inode_numbers_are_used_once_by_their_session_only() {
     let Ok(MetaReply::Created { .. }) = t.op(at("a", first.0)) else { panic!() };
     assert_eq!(t.kv.len(Table::InodeGrants), 0);
 }
+
+/// A small file created under a delegation and closed is written back in one command: created
+/// with its first version (held inline), even with a mode that does not let its owner write.
+#[test]
+fn create_at_with_data_creates_the_file_with_its_first_version() {
+    let mut t = T::new();
+    let d = t.must_mkdir(ROOT, "d");
+    t.op(MetaOp::SetAttr { handle: d.handle, set: SetAttr { uid: Some(1000), gid: Some(1000), ..Default::default() } }).unwrap();
+    t.cred = Credentials { uid: 1000, gid: 1000, groups: vec![] };
+    let Ok(MetaReply::Inodes { first, .. }) = t.op(MetaOp::ReserveInodes { count: 2 }) else { panic!() };
+    let op = MetaOp::CreateAtWith { parent: d.handle, name: "f".into(), inode: first, mode: 0o444, time: 55, open: false, data: ByteBuf::from(b"first version".to_vec()) };
+    let r = t.op(op.clone());
+    let Ok(MetaReply::Created { ref attr, intent: None }) = r else { panic!("{r:?}") };
+    assert_eq!((attr.size, attr.mtime, attr.uid, attr.mode), (13, 55, 1000, 0o444));
+    assert_eq!(t.retry(op), r);
+    let reply = t.read(MetaOp::GetLayout { handle: attr.handle, first_chunk: 0, n_chunks: 1 }).unwrap();
+    let MetaReply::Layout(layout) = reply.attach_capability() else { panic!() };
+    assert_eq!(layout.blobs[0].inline.as_deref(), Some(&b"first version"[..]));
+    assert_eq!(t.lookup(d.handle, "f").unwrap().size, 13);
+    // Too large for the metadata: refused, nothing created.
+    let big = MetaOp::CreateAtWith { parent: d.handle, name: "g".into(), inode: InodeId(first.0 + 1), mode: 0o644, time: 55, open: false, data: ByteBuf::from(vec![0u8; INLINE_BYTES_MAX as usize + 1]) };
+    assert!(matches!(t.op(big), Err(FsError::Invalid(_))));
+    assert!(t.lookup(d.handle, "g").is_err());
+}

@@ -147,6 +147,11 @@ pub enum MetaOp {
     /// `CreateOpen` does; `count`/`bytes`: also reserve blob ids, as `CreateOpenReserve` does.
     /// Answered with [`MetaReply::Created`].
     CreateAt { parent: FileHandle, name: String, inode: InodeId, mode: u32, time: TimeNs, open: bool, count: u32, bytes: u64 },
+    /// [`MetaOp::CreateAt`] (without blob ids) of a file whose first version is `data` (at
+    /// most [`INLINE_BYTES_MAX`]), held by the metadata service as `CommitInline` would: a
+    /// small file created under a delegation and closed is written back in one command.
+    /// Answered with [`MetaReply::Created`] (the attributes after that first version).
+    CreateAtWith { parent: FileHandle, name: String, inode: InodeId, mode: u32, time: TimeNs, open: bool, data: ByteBuf },
 }
 
 /// How long a directory delegation lasts from when it is granted ([`MetaOp::Delegate`]).
@@ -414,6 +419,7 @@ impl MetaOp {
             | MetaOp::CreateOpen { parent, name, .. }
             | MetaOp::CreateOpenReserve { parent, name, .. }
             | MetaOp::CreateAt { parent, name, .. }
+            | MetaOp::CreateAtWith { parent, name, .. }
             | MetaOp::Mkdir { parent, name, .. }
             | MetaOp::Symlink { parent, name, .. }
             | MetaOp::Unlink { parent, name }
