@@ -410,14 +410,16 @@ fn a_killed_holder_keeps_what_it_synced_and_frees_its_directory() {
     std::fs::create_dir(a.join("d")).unwrap();
     std::fs::write(a.join("d").join("first"), b"1").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
+    // Kept open: the kill comes before any close.
+    let mut open = Vec::new();
     for i in 0..30 {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(a.join("d").join(format!("f{i}"))).unwrap();
         f.write_all(format!("synced {i}").as_bytes()).unwrap();
         f.sync_all().unwrap();
-        // Kept open: the kill comes before any close.
-        std::mem::forget(f);
+        open.push(f);
     }
     kill9_mount(&c, &a);
+    drop(open);
     let mut names: Vec<String> = std::fs::read_dir(b.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     let mut want: Vec<String> = (0..30).map(|i| format!("f{i}")).chain(["first".to_string()]).collect();
@@ -434,4 +436,7 @@ fn a_killed_holder_keeps_what_it_synced_and_frees_its_directory() {
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().matches("did not give a delegated directory back").count())
         .sum::<usize>();
     assert!(waited > 0, "A held no delegation when it was killed: the test proves nothing\n{}", c.logs_tail());
+    // The killed mount's mount point is left dead (ENOTCONN): not left behind on the machine.
+    let out = Command::new(SHOAL).arg("umount").arg(&a).output().unwrap();
+    assert!(out.status.success(), "umount of a dead mount: {}", String::from_utf8_lossy(&out.stderr));
 }
