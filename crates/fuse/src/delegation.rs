@@ -15,8 +15,9 @@
 //! open consistency holds: another client's lookup or listing recalls the directory, and the
 //! recall is acknowledged only once everything created here is written back.
 
+use shoal_client::data::now_ns;
 use shoal_client::Client;
-use shoal_types::meta_msg::{Intent, MetaOp, MetaReply, DELEGATION_LEASE_NS};
+use shoal_types::meta_msg::{Intent, MetaOp, MetaReply, MetaResponse, DELEGATION_LEASE_NS};
 use shoal_types::ByteBuf;
 use shoal_types::*;
 use std::collections::{HashMap, HashSet};
@@ -105,10 +106,6 @@ pub struct Delegations {
     written: std::sync::Condvar,
     /// Open records to release (shared with the mount's release thread).
     releases: Arc<Mutex<Vec<FileHandle>>>,
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl Delegations {
@@ -383,25 +380,9 @@ impl Delegations {
                 }
                 continue;
             }
-            let Some(p) = st.pending.remove(&ino) else { continue };
-            match r {
-                Ok(MetaReply::Created { attr, intent: i }) => {
-                    if intent_for == Some(ino) {
-                        intent = i;
-                    }
-                    if sent_open && p.opens == 0 {
-                        // Closed while it was written back: its open record goes too.
-                        self.releases.lock().expect("releases").push(attr.handle);
-                    }
-                }
-                other => {
-                    // The application was told the file exists: say loudly that it does not.
-                    tracing::error!(dir = p.dir, name = p.name, "a file created under a delegation could not be written back and is lost: {other:?}");
-                    if let Some(d) = st.dirs.get_mut(&p.dir) {
-                        if let Some(names) = d.names.as_mut() {
-                            names.remove(&p.name);
-                        }
-                    }
+            if let Some(i) = self.written_back(&mut st, ino, sent_open, r) {
+                if intent_for == Some(ino) {
+                    intent = i;
                 }
             }
         }
@@ -432,26 +413,40 @@ impl Delegations {
                 }
                 Err(e)
             }
-            Ok(MetaReply::Created { attr, .. }) => {
-                if st.pending.remove(&ino).is_some_and(|p| sent_open && p.opens == 0) {
-                    self.releases.lock().expect("releases").push(attr.handle);
+            r => {
+                let err = r.as_ref().err().cloned();
+                match self.written_back(&mut st, ino, sent_open, r) {
+                    Some(_) => Ok(()),
+                    None => Err(err.unwrap_or_else(|| FsError::Protocol("unexpected answer to CreateAtWith".into()))),
                 }
-                Ok(())
-            }
-            other => {
-                let p = st.pending.remove(&ino);
-                tracing::error!(ino, name = p.as_ref().map(|p| p.name.clone()), "a file created under a delegation could not be written back and is lost: {other:?}");
-                if let Some(d) = p.and_then(|p| st.dirs.get_mut(&p.dir).map(|d| (d, p.name))) {
-                    if let Some(names) = d.0.names.as_mut() {
-                        names.remove(&d.1);
-                    }
-                }
-                Err(other.err().unwrap_or_else(|| FsError::Protocol("unexpected answer to CreateAtWith".into())))
             }
         };
         drop(st);
         self.written.notify_all();
         Some(result)
+    }
+
+    /// The answer to a file's write-back: it no longer waits here. `Some(intent)` when it was
+    /// created; `None` when it could not be, and is lost (said loudly: the application was told
+    /// it exists).
+    fn written_back(&self, st: &mut State, ino: u64, sent_open: bool, r: MetaResponse) -> Option<Option<Intent>> {
+        let p = st.pending.remove(&ino)?;
+        match r {
+            Ok(MetaReply::Created { attr, intent }) => {
+                if sent_open && p.opens == 0 {
+                    // Closed while it was written back: its open record goes too.
+                    self.releases.lock().expect("releases").push(attr.handle);
+                }
+                Some(intent)
+            }
+            other => {
+                tracing::error!(dir = p.dir, name = p.name, "a file created under a delegation could not be written back and is lost: {other:?}");
+                if let Some(names) = st.dirs.get_mut(&p.dir).and_then(|d| d.names.as_mut()) {
+                    names.remove(&p.name);
+                }
+                None
+            }
+        }
     }
 
     /// Wait until no file (of `dir`, or anywhere) is being written back by another thread.
@@ -558,7 +553,11 @@ impl Delegations {
                 }
             }
         }
-        if self.lock().ids_left() < RESERVE_LOW && !self.lock().dirs.is_empty() {
+        let low = {
+            let st = self.lock();
+            st.ids_left() < RESERVE_LOW && !st.dirs.is_empty()
+        };
+        if low {
             self.rt.block_on(self.reserve_ids());
         }
     }
