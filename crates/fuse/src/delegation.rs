@@ -53,6 +53,9 @@ struct Pending {
     since: Instant,
     /// Being written back.
     sending: bool,
+    /// Its first version, when it was written from its start and closed before being written
+    /// back (a small file): sent with its create ([`MetaOp::CreateAtWith`]).
+    data: Option<Vec<u8>>,
 }
 
 struct Dir {
@@ -215,7 +218,7 @@ impl Delegations {
         }
         d.used = true;
         let parent_handle = d.handle;
-        st.pending.insert(ino, Pending { dir: parent, parent: parent_handle, name: name.to_string(), attr: attr.clone(), cred: cred.clone(), opens: 1, since: now, sending: false });
+        st.pending.insert(ino, Pending { dir: parent, parent: parent_handle, name: name.to_string(), attr: attr.clone(), cred: cred.clone(), opens: 1, since: now, sending: false, data: None });
         Some(attr)
     }
 
@@ -349,6 +352,10 @@ impl Delegations {
                     p.sending = true;
                     let parent = p.parent;
                     let open = p.opens > 0;
+                    if let Some(data) = &p.data {
+                        let op = MetaOp::CreateAtWith { parent, name: p.name.clone(), inode: InodeId(*ino), mode: p.attr.mode, time: p.attr.crtime, open, data: ByteBuf::from(data.clone()) };
+                        return (*ino, op, p.cred.clone(), open);
+                    }
                     let reserve = intent_for == Some(*ino);
                     let op = MetaOp::CreateAt {
                         parent,
@@ -392,38 +399,22 @@ impl Delegations {
         intent
     }
 
-    /// Write back one file created here together with its first version `data` (a small file
-    /// being closed): one command. `None` if it no longer waits here (written back meanwhile).
-    pub fn write_back_with(&self, ino: u64, data: Vec<u8>) -> Option<FsResult<()>> {
-        let (op, cred, sent_open) = {
-            let mut st = self.lock();
-            let p = st.pending.get_mut(&ino).filter(|p| !p.sending)?;
-            p.sending = true;
-            let open = p.opens > 0;
-            let op = MetaOp::CreateAtWith { parent: p.parent, name: p.name.clone(), inode: InodeId(ino), mode: p.attr.mode, time: p.attr.crtime, open, data: ByteBuf::from(data) };
-            (op, p.cred.clone(), open)
-        };
-        let r = self.rt.block_on(self.client.meta_as(&cred, op));
+    /// Keep `data` as the first version of a file created here and not written back (a small
+    /// file written from its start, being closed): it goes with the file's create, within
+    /// [`WRITE_BACK_AGE`], at once on `fsync`, or before anything needs it. False if the file
+    /// is not waiting here, or `data` would not cover what an earlier close left.
+    pub fn hold_data(&self, ino: u64, data: Vec<u8>) -> bool {
         let mut st = self.lock();
-        let result = match r {
-            Err(e) if e.is_retryable() => {
-                // Kept: written back later (the data stays buffered with the open file).
-                if let Some(p) = st.pending.get_mut(&ino) {
-                    p.sending = false;
-                }
-                Err(e)
-            }
-            r => {
-                let err = r.as_ref().err().cloned();
-                match self.written_back(&mut st, ino, sent_open, r) {
-                    Some(_) => Ok(()),
-                    None => Err(err.unwrap_or_else(|| FsError::Protocol("unexpected answer to CreateAtWith".into()))),
-                }
-            }
-        };
-        drop(st);
-        self.written.notify_all();
-        Some(result)
+        let Some(p) = st.pending.get_mut(&ino).filter(|p| !p.sending) else { return false };
+        if p.data.as_ref().is_some_and(|d| d.len() > data.len()) {
+            return false;
+        }
+        let t = now_ns();
+        p.attr.size = data.len() as u64;
+        p.attr.mtime = t;
+        p.attr.ctime = t;
+        p.data = Some(data);
+        true
     }
 
     /// The answer to a file's write-back: it no longer waits here. `Some(intent)` when it was

@@ -474,24 +474,19 @@ impl ShoalFs {
     }
 
     /// A small file created here under a delegation, written from its start in one run: its
-    /// create and its first version go in one command (`CreateAtWith`). False when that does
-    /// not apply (the ordinary path follows).
+    /// first version waits with its create and goes with it in one command (`CreateAtWith`),
+    /// written back with the others. False when that does not apply (the ordinary path
+    /// follows).
     fn write_back_small(&self, f: &mut OpenFile) -> Result<bool, Errno> {
         let ino = f.handle.inode.0;
         let Some(buf) = f.buf.as_ref() else { return Ok(false) };
         let small = buf.runs.len() == 1 && buf.runs[0].0 == 0 && buf.bytes as u64 <= self.inline_bytes;
-        if !small || !f.pending.is_empty() || !self.delegations.is_pending(ino) {
+        if !small || !f.pending.is_empty() || !self.delegations.hold_data(ino, buf.runs[0].1.clone()) {
             return Ok(false);
         }
-        match self.delegations.write_back_with(ino, buf.runs[0].1.clone()) {
-            None => Ok(false),
-            Some(Ok(())) => {
-                f.buf = None;
-                self.local_changes.fetch_add(1, Ordering::AcqRel);
-                Ok(true)
-            }
-            Some(Err(e)) => Err(errno(&e)),
-        }
+        f.buf = None;
+        self.local_changes.fetch_add(1, Ordering::AcqRel);
+        Ok(true)
     }
 
     /// Flush every open file of an inode (before a read, a truncate or a getattr that must see it).
@@ -546,6 +541,9 @@ impl Filesystem for ShoalFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Lookups and listings of one directory run side by side (without this the kernel
+        // sends them one at a time per directory).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
@@ -775,13 +773,28 @@ impl Filesystem for ShoalFs {
             self.delegations.write_back(None, None);
         }
         let handle = self.handle(ino);
-        match self.run(self.client.meta_as(&self.cred(req), MetaOp::Open { handle })).and_then(attr_reply) {
-            Ok(a) => {
+        // An open for reading comes back with the file's layout (and a small file's bytes), so
+        // its first read needs no round trip of its own.
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        let stamp = self.read_stamp();
+        let opened = if read_only && !self.open_snapshot {
+            self.run(self.client.meta_as(&self.cred(req), MetaOp::OpenRead { handle })).and_then(|r| match r {
+                MetaReply::Layout(l) => Ok((l.attr.clone(), Some(l))),
+                other => attr_reply(other).map(|a| (a, None)),
+            })
+        } else {
+            self.run(self.client.meta_as(&self.cred(req), MetaOp::Open { handle })).and_then(attr_reply).map(|a| (a, None))
+        };
+        match opened {
+            Ok((a, layout)) => {
                 if !self.squashed_root_may_open(req, &a, flags.0) {
                     let _ = self.run(self.client.release(handle));
                     return reply.error(Errno::EACCES);
                 }
                 let fh = self.new_fh(handle, flags.0);
+                if let (Some(layout), Ok(file)) = (layout, self.file(fuser::FileHandle(fh))) {
+                    file.lock().expect("file").reads.seed(stamp, layout);
+                }
                 if self.open_snapshot && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
                     // Reads of this open come from the version it opened, past the page cache
                     // (which is per inode, shared with opens of newer versions).
@@ -941,11 +954,16 @@ impl Filesystem for ShoalFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: fuser::FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Durable means at the metadata service too, for a file created here.
-        if self.delegations.is_pending(ino.0) {
+        // Durable means at the metadata service too, for a file created here (with what it
+        // holds of its first version).
+        let flushed = self.file(fh).and_then(|f| self.flush_file(&f));
+        if flushed.is_ok() && self.delegations.is_pending(ino.0) {
             self.delegations.write_back(None, None);
+            if self.delegations.is_pending(ino.0) {
+                return reply.error(Errno::EIO);
+            }
         }
-        match self.file(fh).and_then(|f| self.flush_file(&f)) {
+        match flushed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -1131,6 +1149,29 @@ pub struct MountOptions {
     pub ids: IdMap,
 }
 
+/// How far the kernel reads ahead of a sequential reader on the mount (its default is 128 KiB;
+/// it sends the window as requests of up to `max_write` bytes, several at once).
+pub const KERNEL_READAHEAD_KIB: u32 = 4096;
+
+/// Set the kernel's read-ahead for the mount at `mountpoint` (root only; a no-op otherwise).
+/// The mount's backing device is named after its device number, found in mountinfo (reading
+/// it asks nothing of the mount, whose requests are not served yet).
+fn raise_readahead(mountpoint: &std::path::Path, kib: u32) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    // mountinfo escapes a space in a path as \040.
+    let target = mountpoint.to_string_lossy().replace(' ', "\\040");
+    // The last line for the path is the mount on top.
+    let dev = info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == target).then(|| f[2].to_string())
+    });
+    if let Some(dev) = dev {
+        if let Err(e) = std::fs::write(format!("/sys/class/bdi/{dev}/read_ahead_kb"), kib.to_string()) {
+            tracing::debug!("kernel read-ahead left as it was: {e}");
+        }
+    }
+}
+
 /// Mount and serve until unmounted. Blocks the calling thread.
 pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::path::Path, opts: &MountOptions) -> std::io::Result<()> {
     let threads = opts.threads;
@@ -1161,7 +1202,10 @@ pub fn mount(rt: tokio::runtime::Handle, client: Arc<Client>, mountpoint: &std::
     std::thread::Builder::new()
         .name("old-writes".into())
         .spawn(move || commit_old_pending(flusher_rt, flusher_client, open, changes))?;
+    // Resolved before the mount exists: afterwards resolving it asks this very mount.
+    let resolved = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
     let session = fuser::Session::new(fs, mountpoint, &config)?;
+    raise_readahead(&resolved, KERNEL_READAHEAD_KIB);
     let notifier = session.notifier();
     // Fault injection for tests: a mount whose callback channel is cut.
     let ignore = std::env::var_os("SHOAL_TEST_CUT_CALLBACKS").is_some();

@@ -17,8 +17,8 @@ pub const READAHEAD_MIN: u64 = 1 << 20;
 pub const READAHEAD_MAX: u64 = 16 << 20;
 /// A read-ahead window is fetched in pieces of this size, all at once.
 const FETCH_PIECE: u64 = 4 << 20;
-/// Chunks of layout asked for at once (1 GiB of file).
-const LAYOUT_CHUNKS: u64 = 16;
+/// Chunks of layout asked for at once (1 GiB of file), as many as an open comes with.
+const LAYOUT_CHUNKS: u64 = shoal_types::meta_msg::OPEN_LAYOUT_CHUNKS;
 
 /// What may have changed since a cache was filled: (callback generation, commits of this mount).
 pub type Stamp = (u64, u64);
@@ -74,6 +74,13 @@ impl ReadState {
         self.layout = Some(CachedLayout { first: 0, end: u64::MAX, layout });
         self.pinned = true;
         Ok(())
+    }
+
+    /// Start from the layout of the first [`LAYOUT_CHUNKS`] chunks that came with the open
+    /// ([`MetaOp::OpenRead`]), valid while `stamp` holds.
+    pub fn seed(&mut self, stamp: Stamp, layout: Layout) {
+        self.reset(stamp);
+        self.layout = Some(CachedLayout { first: 0, end: LAYOUT_CHUNKS, layout: Arc::new(layout) });
     }
 
     fn buffered(&self, offset: u64, len: u64) -> Option<Bytes> {

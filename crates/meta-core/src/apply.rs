@@ -344,7 +344,7 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::CompactChunk { handle, idx, replaces, blob } => self.compact_chunk(cred, handle, *idx, replaces, blob),
             MetaOp::SetXattr { handle, name, value, flags } => self.set_xattr(cred, handle, name, value, *flags),
             MetaOp::RemoveXattr { handle, name } => self.remove_xattr(cred, handle, name),
-            MetaOp::Open { handle } => self.open(req.session, handle),
+            MetaOp::Open { handle } | MetaOp::OpenRead { handle } => self.open(req.session, handle),
             MetaOp::Release { handle } => self.release(req.session, handle),
             MetaOp::AllocBlobs { handle, count, bytes } => self.alloc_blobs(req.session, cred, handle, *count, *bytes),
             MetaOp::Commit(c) => self.commit(cred, c, false, &[]),

@@ -6,7 +6,7 @@ use crate::store::ReadKv;
 use shoal_auth::{AuthError, ClusterKeys, Identity, Kdc, Lifetimes, ReplayCache, REPLAY_CACHE_MAX};
 use shoal_types::config::MetaConfig;
 use shoal_types::meta_msg::{AuthReply, AuthRequest, MetaReply, RequestAuth};
-use shoal_types::{Credentials, FsError, SessionId};
+use shoal_types::{BlobId, Credentials, FsError, SessionId};
 use std::net::SocketAddr;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -173,15 +173,22 @@ impl Auth {
     /// A layout or an intent goes out with the capability storage servers will ask for: to read
     /// the layout's blobs, or to put the intent's blobs until the intent ends.
     pub fn with_capability(&self, reply: MetaReply) -> MetaReply {
+        self.with_capability_except(reply, &[])
+    }
+
+    /// `inline`: blobs whose bytes come with the reply, read from no storage server.
+    fn with_capability_except(&self, reply: MetaReply, inline: &[BlobId]) -> MetaReply {
         if let MetaReply::Promised { lease_ms, reply } = reply {
-            return MetaReply::Promised { lease_ms, reply: Box::new(self.with_capability(*reply)) };
+            return MetaReply::Promised { lease_ms, reply: Box::new(self.with_capability_except(*reply, inline)) };
         }
         if let MetaReply::Inlined { data, reply } = reply {
-            return MetaReply::Inlined { data, reply: Box::new(self.with_capability(*reply)) };
+            let inline: Vec<BlobId> = data.iter().map(|(b, _)| *b).collect();
+            return MetaReply::Inlined { reply: Box::new(self.with_capability_except(*reply, &inline)), data };
         }
         let cap = match &reply {
-            MetaReply::Layout(l) if !l.blobs.is_empty() => {
-                self.kdc.keys.sign_capability(shoal_auth::READ, l.blobs.iter().map(|b| b.blob), shoal_auth::now_ns() + READ_CAPABILITY_NS)
+            MetaReply::Layout(l) if l.blobs.iter().any(|b| !inline.contains(&b.blob)) => {
+                let blobs = l.blobs.iter().map(|b| b.blob).filter(|b| !inline.contains(b));
+                self.kdc.keys.sign_capability(shoal_auth::READ, blobs, shoal_auth::now_ns() + READ_CAPABILITY_NS)
             }
             MetaReply::Intent(i) | MetaReply::Created { intent: Some(i), .. } => {
                 self.kdc.keys.sign_capability(shoal_auth::WRITE, i.blobs.iter().copied(), i.expires)

@@ -42,6 +42,43 @@ const RECALL_MARGIN: Duration = Duration::from_millis(20);
 pub const HORIZON_MARGIN: Duration = Duration::from_millis(500);
 
 type WriteWaiter = (CommandKind, oneshot::Sender<MetaResponse>);
+
+/// Changes that may remove a file's last name, queued for the log and not yet applied (with an
+/// epoch counted up at each): an open answered before its commit ([`MetaOp::OpenRead`]) is
+/// answered from the applied state, so it may be only while none is on its way.
+#[derive(Default)]
+pub struct DropGate {
+    /// (in flight, epoch)
+    st: std::sync::Mutex<(u64, u64)>,
+}
+
+impl DropGate {
+    fn removes_names(kind: &CommandKind) -> bool {
+        matches!(kind, CommandKind::Request(MetaRequest { op: MetaOp::Unlink { .. } | MetaOp::Rename { .. } | MetaOp::Rmdir { .. }, .. }))
+    }
+
+    fn begin(&self) {
+        let mut st = self.st.lock().expect("drop gate");
+        st.0 += 1;
+        st.1 += 1;
+    }
+
+    fn end(&self) {
+        self.st.lock().expect("drop gate").0 -= 1;
+    }
+
+    /// The epoch now, if nothing is on its way.
+    fn quiet(&self) -> Option<u64> {
+        let st = self.st.lock().expect("drop gate");
+        (st.0 == 0).then_some(st.1)
+    }
+
+    /// Run `queue` if nothing was queued since `epoch` and nothing is on its way; its answer.
+    fn queue_if_quiet(&self, epoch: u64, queue: impl FnOnce() -> bool) -> bool {
+        let st = self.st.lock().expect("drop gate");
+        *st == (0, epoch) && queue()
+    }
+}
 type ReadWaiter = oneshot::Sender<Result<(), FsError>>;
 
 pub struct MetaService {
@@ -58,6 +95,7 @@ pub struct MetaService {
     /// Woken when a session polls that the recorded promise horizon does not cover: it gets no
     /// promise until a new horizon names it, so [`horizon_keeper`] records one at once.
     horizon_wake: tokio::sync::Notify,
+    drops: Arc<DropGate>,
 }
 
 /// How long after a leadership check was *sent* its result may serve reads without another.
@@ -101,7 +139,8 @@ impl MetaService {
             intent_lease_ns: config.intent_lease_ms as i64 * 1_000_000,
             store_dead_after_ns: config.store_dead_after_ms as i64 * 1_000_000,
         };
-        tokio::spawn(write_batcher(raft.clone(), wrx));
+        let drops = Arc::new(DropGate::default());
+        tokio::spawn(write_batcher(raft.clone(), wrx, drops.clone()));
         let window = READ_LEASE_MAX.min(Duration::from_millis(config.election_timeout_max_ms) / 3);
         let read_lease = Arc::new(ReadLease { window, last: std::sync::Mutex::new(None) });
         tokio::spawn(read_gate(raft.clone(), rrx, read_lease.clone()));
@@ -120,14 +159,74 @@ impl MetaService {
             quorum_lost,
             auth,
             horizon_wake: tokio::sync::Notify::new(),
+            drops,
         })
     }
 
     /// Propose a command through the batcher and wait for its reply.
     pub async fn propose(&self, kind: CommandKind) -> MetaResponse {
         let (tx, rx) = oneshot::channel();
-        self.writes.send((kind, tx)).await.map_err(|_| FsError::Unavailable("shutting down".into()))?;
+        if DropGate::removes_names(&kind) {
+            // Counted from before it is queued until the batcher is done with it (which ends
+            // the count), also if this request is dropped meanwhile.
+            struct Unsent<'a>(Option<&'a DropGate>);
+            impl Drop for Unsent<'_> {
+                fn drop(&mut self) {
+                    if let Some(g) = self.0 {
+                        g.end();
+                    }
+                }
+            }
+            self.drops.begin();
+            let mut unsent = Unsent(Some(&self.drops));
+            let sent = self.writes.send((kind, tx)).await;
+            if sent.is_ok() {
+                unsent.0 = None;
+            }
+            sent.map_err(|_| FsError::Unavailable("shutting down".into()))?;
+        } else {
+            self.writes.send((kind, tx)).await.map_err(|_| FsError::Unavailable("shutting down".into()))?;
+        }
         rx.await.map_err(|_| FsError::Unavailable("shutting down".into()))?
+    }
+
+    /// [`MetaOp::OpenRead`] answered from this leader's state once the open is queued for the
+    /// log, before it commits: the answer then is what it would be after the commit, since
+    /// nothing queued before it may remove the file (`drops`) and the batcher proposes in queue
+    /// order. `None`: answer after the commit instead. The open is lost if this leader fails
+    /// before the entry commits (the file is then not kept for this reader if it is unlinked).
+    async fn open_read_early(&self, req: &MetaRequest, handle: FileHandle) -> Result<Option<MetaReply>, FsError> {
+        let Some(epoch) = self.drops.quiet() else { return Ok(None) };
+        let read = MetaRequest { op: MetaOp::GetLayout { handle, first_chunk: 0, n_chunks: OPEN_LAYOUT_CHUNKS }, ..req.clone() };
+        let reply = match self.read_now(read).await {
+            Ok(r) => r,
+            // The logged open gives the answer it always gave.
+            Err(FsError::PermissionDenied) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let attr = match &reply {
+            MetaReply::Layout(l) => &l.attr,
+            MetaReply::Inlined { reply, .. } => match reply.as_ref() {
+                MetaReply::Layout(l) => &l.attr,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        // An orphan may be freed by a release or an expiry: its opens go through the log.
+        if attr.nlink == 0 || attr.kind != FileKind::File {
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        let queued = self.drops.queue_if_quiet(epoch, || self.writes.try_send((CommandKind::Request(req.clone()), tx)).is_ok());
+        if !queued {
+            return Ok(None);
+        }
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = rx.await {
+                tracing::debug!("an open answered before its commit did not commit: {e}");
+            }
+        });
+        Ok(Some(reply))
     }
 
     /// Wait until this node may serve a linearizable read: at once within a read lease, else
@@ -334,6 +433,11 @@ impl MetaService {
         if let MetaOp::WatchCallbacks { acks, term } = &req.op {
             return self.watch(req.session, acks, *term).await;
         }
+        if let MetaOp::OpenRead { handle } = &req.op {
+            if let Some(reply) = self.open_read_early(&req, *handle).await? {
+                return Ok(reply);
+            }
+        }
         if req.op.is_read() {
             // A read of a directory delegated to another session waits for its recall.
             let mut attempt = 0;
@@ -514,7 +618,10 @@ async fn quorum_watch(raft: MetaRaft, lost: tokio::sync::watch::Sender<bool>) {
 
 /// Group commit: gather every command waiting, stamp the batch with the leader's clock and
 /// propose it as one log entry; up to [`BATCHES_IN_FLIGHT_MAX`] entries replicate at once.
-async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>) {
+///
+/// Entries are proposed in the order their commands were queued (one batch in flight), which
+/// [`MetaService::open_read_early`] relies on.
+async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>, drops: Arc<DropGate>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     // A command that would have taken its entry past `BATCH_INLINE_BYTES_MAX` starts the next.
     let mut carried: Option<WriteWaiter> = None;
@@ -543,23 +650,37 @@ async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let now = now_ns();
+        let (kinds, senders): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+        let removing = kinds.iter().filter(|k| DropGate::removes_names(k)).count();
+        let batch: Batch = kinds.into_iter().map(|kind| Command { now, kind }).collect();
+        // Handed to Raft here, in queue order; its answer is awaited apart.
+        let sent = raft.client_write_ff(batch).await;
+        let drops = drops.clone();
         tokio::spawn(async move {
-            let now = now_ns();
-            let (kinds, senders): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
-            let batch: Batch = kinds.into_iter().map(|kind| Command { now, kind }).collect();
-            match raft.client_write(batch).await {
+            let result = match sent {
+                Ok(answer) => match answer.await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(e)) => Err(not_leader(RaftError::APIError(e))),
+                    Err(_) => Err(FsError::Unavailable("shutting down".into())),
+                },
+                Err(fatal) => Err(FsError::Unavailable(fatal.to_string())),
+            };
+            match result {
                 Ok(resp) => {
                     for (tx, r) in senders.into_iter().zip(resp.data) {
                         let _ = tx.send(r);
                     }
                 }
                 Err(e) => {
-                    let e = not_leader(e);
                     for tx in senders {
                         let _ = tx.send(Err(e.clone()));
                     }
                 }
+            }
+            // Applied (or refused): opens may be answered early again.
+            for _ in 0..removing {
+                drops.end();
             }
             drop(permit);
         });
@@ -570,6 +691,7 @@ async fn write_batcher(raft: MetaRaft, mut rx: mpsc::Receiver<WriteWaiter>) {
 fn inline_bytes(kind: &CommandKind) -> usize {
     match kind {
         CommandKind::Request(MetaRequest { op: MetaOp::CommitInline { data, .. }, .. }) => data.iter().map(|(_, d)| d.len()).sum(),
+        CommandKind::Request(MetaRequest { op: MetaOp::CreateAtWith { data, .. }, .. }) => data.len(),
         _ => 0,
     }
 }

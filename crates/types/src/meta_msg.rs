@@ -152,7 +152,16 @@ pub enum MetaOp {
     /// small file created under a delegation and closed is written back in one command.
     /// Answered with [`MetaReply::Created`] (the attributes after that first version).
     CreateAtWith { parent: FileHandle, name: String, inode: InodeId, mode: u32, time: TimeNs, open: bool, data: ByteBuf },
+    /// [`MetaOp::Open`] for reading, answered with the layout of the file's first
+    /// [`OPEN_LAYOUT_CHUNKS`] chunks (its bytes too when the metadata service holds them): a
+    /// small file is read with no other round trip. The leader answers from its state as soon
+    /// as the open is sequenced in the log, before it commits, unless a change that may remove
+    /// the file's last name is on its way (then after the commit, with [`MetaReply::Attr`]).
+    OpenRead { handle: FileHandle },
 }
+
+/// Chunks of layout a [`MetaOp::OpenRead`] answers with (1 GiB of file).
+pub const OPEN_LAYOUT_CHUNKS: u64 = 16;
 
 /// How long a directory delegation lasts from when it is granted ([`MetaOp::Delegate`]).
 pub const DELEGATION_LEASE_NS: TimeNs = 5_000_000_000;

@@ -120,6 +120,44 @@ async fn stale_handles_and_orphans() {
     assert_eq!(client.getattr(forged).await, Err(FsError::Stale));
 }
 
+/// An open for reading is answered by the leader before its log entry commits (with the
+/// file's layout and, for a small file, its bytes); it still counts: a file unlinked by another
+/// client after that answer stays readable through it until it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_for_reading_answered_early_keeps_the_file_through_an_unlink() {
+    use shoal_types::meta_msg::{MetaOp, MetaReply, INLINE_BYTES_MAX as INLINE};
+    let c = TestCluster::start();
+    let (writer, reader) = (c.client().await, c.client().await);
+    for (name, len) in [("small", 3_000usize), ("large", 300_000)] {
+        let f = writer.create(FileHandle::ROOT, name, 0o644, true).await.unwrap();
+        let data = bytes(len as u64, len);
+        // The small one is held by the metadata service, as a mount writes it.
+        let room = if len as u64 <= INLINE { (INLINE, INLINE) } else { (0, 0) };
+        let written = writer.put_pieces_with(f.handle, &[(0, &data)], &mut Default::default(), room).await.unwrap();
+        writer.commit_at(f.handle, written, len as u64).await.unwrap();
+        let layout = match reader.meta(MetaOp::OpenRead { handle: f.handle }).await.unwrap() {
+            MetaReply::Layout(l) => l,
+            other => panic!("{name}: an open for reading with nothing in the way comes with the layout, got {other:?}"),
+        };
+        assert_eq!(layout.attr.size, len as u64);
+        if len as u64 <= INLINE {
+            assert!(layout.blobs.iter().all(|b| b.inline.is_some()), "{name}: a small file's bytes come with the open");
+        }
+        writer.unlink(FileHandle::ROOT, name).await.unwrap();
+        assert_eq!(reader.read_with_layout(&layout, 0, len as u64).await.unwrap(), data, "{name}: read through the layout of the open");
+        assert_eq!(reader.read_range(f.handle, 0, len as u64).await.unwrap(), data, "{name}: read after the unlink");
+        // The unlinked file is opened again only through the log (an orphan may go at any
+        // release): the answer is the attributes, after the commit.
+        match reader.meta(MetaOp::OpenRead { handle: f.handle }).await.unwrap() {
+            MetaReply::Attr(a) => assert_eq!(a.nlink, 0),
+            other => panic!("{name}: expected attributes for an orphan, got {other:?}"),
+        }
+        reader.release(f.handle).await.unwrap();
+        reader.release(f.handle).await.unwrap();
+        assert_eq!(reader.getattr(f.handle).await, Err(FsError::Stale), "{name}: gone after the last release");
+    }
+}
+
 /// Slices in a chunk from which the compactor merges them (`shoal_meta_core::COMPACT_SLICES_MIN`).
 const COMPACT_SLICES_MIN: usize = 16;
 
