@@ -15,6 +15,12 @@ use tokio::task::JoinHandle;
 pub const READAHEAD_MIN: u64 = 1 << 20;
 /// Largest read-ahead window (memory per open file being streamed: about twice this).
 pub const READAHEAD_MAX: u64 = 16 << 20;
+/// How far from the furthest point read so far a read may start and still continue the stream
+/// (a few of the kernel's read-ahead windows, whose requests arrive in any order) ...
+const STREAM_SLACK: u64 = 16 << 20;
+/// ... if it is at least this large (the kernel reads ahead in requests of up to 1 MiB; a
+/// random reader's small reads never count).
+const STREAM_REQUEST_MIN: u64 = 128 << 10;
 /// A read-ahead window is fetched in pieces of this size, all at once.
 const FETCH_PIECE: u64 = 4 << 20;
 /// Chunks of layout asked for at once (1 GiB of file), as many as an open comes with.
@@ -31,6 +37,7 @@ struct CachedLayout {
 
 struct Prefetch {
     offset: u64,
+    len: u64,
     task: JoinHandle<FsResult<Bytes>>,
 }
 
@@ -138,16 +145,26 @@ async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64) -> FsRes
 /// the read-ahead when it starts there, else fetched now.
 async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64, whole_file: u64) -> FsResult<()> {
     let prefetched = match st.prefetch.take() {
-        Some(p) if p.offset == offset => p.task.await.map_err(|e| FsError::Internal(e.to_string()))?.ok(),
+        // The read-ahead holds this offset: it becomes the buffer (the read goes on from it
+        // for whatever lies past it).
+        Some(p) if p.offset <= offset && offset < p.offset + p.len => {
+            let start = p.offset;
+            p.task.await.map_err(|e| FsError::Internal(e.to_string()))?.ok().map(|b| (start, b))
+        }
+        // Still ahead of this read (the kernel's requests arrive in any order): kept.
+        Some(p) if p.offset > offset && p.offset - offset <= STREAM_SLACK => {
+            st.prefetch = Some(p);
+            None
+        }
         Some(p) => {
             p.task.abort();
             None
         }
         None => None,
     };
-    let buf = match prefetched {
-        Some(b) if b.len() as u64 >= len || st.file_size().is_some_and(|s| offset + b.len() as u64 >= s) => b,
-        _ => {
+    let (start, buf) = match prefetched {
+        Some((start, b)) if start + b.len() as u64 > offset => (start, b),
+        _ => (offset, {
             let attempt = match covering(client, handle, st, offset, len).await {
                 Ok(layout) => {
                     // A small file is fetched whole (and so cached whole) at its first read.
@@ -167,9 +184,9 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
                 }
                 Err(e) => return Err(e),
             }
-        }
+        }),
     };
-    st.buf_offset = offset;
+    st.buf_offset = start;
     st.buf = buf;
     Ok(())
 }
@@ -188,9 +205,17 @@ pub async fn read(
     if st.stamp != stamp && !st.pinned {
         st.reset(stamp);
     }
-    let sequential = offset == st.next;
+    // The kernel reads ahead itself, several requests at once, which reach here in any order:
+    // a large read near the furthest point read so far continues the stream.
+    let sequential = offset == st.next || (size >= STREAM_REQUEST_MIN && offset.abs_diff(st.next) <= STREAM_SLACK);
     st.window = if sequential { (st.window * 2).clamp(READAHEAD_MIN, READAHEAD_MAX) } else { 0 };
-    st.next = offset + size;
+    if sequential && offset < st.buf_offset {
+        // Behind the stream's buffer (sent earlier, served later): on its own, from the block
+        // cache where the stream has been, leaving the stream as it is.
+        let layout = covering(client, handle, st, offset, size).await?;
+        return fetch(client, &layout, offset, size).await;
+    }
+    st.next = if sequential { st.next.max(offset + size) } else { offset + size };
     let end = offset + size;
     let mut parts: Vec<Bytes> = Vec::new();
     let mut pos = offset;
@@ -212,7 +237,7 @@ pub async fn read(
         let layout = covering(client, handle, st, buf_end, st.window).await?;
         let (client, len) = (client.clone(), st.window);
         let task = tokio::spawn(async move { fetch(&client, &layout, buf_end, len).await });
-        st.prefetch = Some(Prefetch { offset: buf_end, task });
+        st.prefetch = Some(Prefetch { offset: buf_end, len, task });
     }
     Ok(match parts.len() {
         0 => Bytes::new(),
