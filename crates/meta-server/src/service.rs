@@ -379,12 +379,17 @@ impl MetaService {
         }
         let db = self.db.clone();
         let is_status = matches!(req.op, MetaOp::Status);
-        let mut reply = tokio::task::spawn_blocking(move || {
+        // A read of a few keys takes less than handing it to another thread: done here.
+        let small = match &req.op {
+            MetaOp::Lookup { .. } | MetaOp::GetAttr { .. } | MetaOp::Readlink { .. } | MetaOp::GetXattr { .. } => true,
+            MetaOp::GetLayout { n_chunks, .. } => *n_chunks <= OPEN_LAYOUT_CHUNKS,
+            _ => false,
+        };
+        let read = move || {
             let kv = ReadKv::new(&db).map_err(|e| FsError::Internal(e.to_string()))?;
             shoal_meta_core::read(&kv, &req, now_ns())
-        })
-        .await
-        .map_err(|e| FsError::Internal(e.to_string()))??;
+        };
+        let mut reply = if small { read()? } else { tokio::task::spawn_blocking(read).await.map_err(|e| FsError::Internal(e.to_string()))?? };
         if is_status {
             if let MetaReply::Status(s) = &mut reply {
                 self.fill_status(s);
