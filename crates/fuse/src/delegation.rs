@@ -9,11 +9,16 @@
 //! [`WRITE_BACK_AGE`], when the directory is recalled, before its lease ends, and before any
 //! request that needs them at the metadata service (an open, a write's data, a rename...).
 //!
-//! What this gives up: a created file is durable once written back, not when `creat` returns
-//! (as on a local disk, where only `fsync` of the directory makes it so). A mount killed in
-//! between loses files created in the last [`WRITE_BACK_AGE`] and never written to. Close-to-
-//! open consistency holds: another client's lookup or listing recalls the directory, and the
-//! recall is acknowledged only once everything created here is written back.
+//! A small file written from its start and closed before its write-back keeps its bytes here
+//! and goes in the same batch as one command with them ([`MetaOp::CreateAtWith`]).
+//!
+//! What this gives up: a created file is durable once written back, not when `creat` or
+//! `close` returns (as on a local disk, where only `fsync` makes it so). A mount killed in
+//! between loses the files created in the last [`WRITE_BACK_AGE`] and not synced, with the
+//! bytes they were closed with. A write-back the service refuses is reported at the file's
+//! next `fsync` or close on this mount ([`Delegations::take_lost`]). Close-to-open consistency
+//! holds: another client's lookup or listing recalls the directory, and the recall is
+//! acknowledged only once everything created here is written back.
 
 use shoal_client::data::now_ns;
 use shoal_client::Client;
@@ -92,6 +97,8 @@ struct State {
     /// Recalled while the request for them was under way: given back as soon as granted.
     recalled_early: HashSet<u64>,
     no_ask: HashMap<u64, Instant>,
+    /// Files whose write-back the service refused (lost), until a `fsync` or close hears it.
+    lost: HashSet<u64>,
 }
 
 impl State {
@@ -169,6 +176,11 @@ impl Delegations {
 
     pub fn is_pending(&self, ino: u64) -> bool {
         self.lock().pending.contains_key(&ino)
+    }
+
+    /// Whether the write-back of `ino` was refused since this was last asked (then it is lost).
+    pub fn take_lost(&self, ino: u64) -> bool {
+        self.lock().lost.remove(&ino)
     }
 
     pub fn any_pending(&self) -> bool {
@@ -432,6 +444,7 @@ impl Delegations {
             }
             other => {
                 tracing::error!(dir = p.dir, name = p.name, "a file created under a delegation could not be written back and is lost: {other:?}");
+                st.lost.insert(ino);
                 if let Some(names) = st.dirs.get_mut(&p.dir).and_then(|d| d.names.as_mut()) {
                     names.remove(&p.name);
                 }

@@ -946,8 +946,10 @@ impl Filesystem for ShoalFs {
         reply.written(data.len() as u32);
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: fuser::FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: fuser::FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
         match self.file(fh).and_then(|f| self.flush_file(&f)) {
+            // A write-back of this file refused since (it was created here): it is lost.
+            Ok(()) if self.delegations.take_lost(ino.0) => reply.error(Errno::EIO),
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -962,6 +964,9 @@ impl Filesystem for ShoalFs {
             if self.delegations.is_pending(ino.0) {
                 return reply.error(Errno::EIO);
             }
+        }
+        if self.delegations.take_lost(ino.0) {
+            return reply.error(Errno::EIO);
         }
         match flushed {
             Ok(()) => reply.ok(),

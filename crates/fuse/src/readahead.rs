@@ -143,7 +143,7 @@ async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64) -> FsRes
 
 /// Refill the buffer at `offset` with at least `len` bytes (fewer at the end of the file): from
 /// the read-ahead when it starts there, else fetched now.
-async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64, whole_file: u64) -> FsResult<()> {
+async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, mut len: u64, whole_file: u64) -> FsResult<()> {
     let prefetched = match st.prefetch.take() {
         // The read-ahead holds this offset: it becomes the buffer (the read goes on from it
         // for whatever lies past it).
@@ -153,6 +153,8 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
         }
         // Still ahead of this read (the kernel's requests arrive in any order): kept.
         Some(p) if p.offset > offset && p.offset - offset <= STREAM_SLACK => {
+            // Fetched now: only up to where it starts.
+            len = len.min(p.offset - offset);
             st.prefetch = Some(p);
             None
         }
@@ -213,7 +215,15 @@ pub async fn read(
         // Behind the stream's buffer (sent earlier, served later): on its own, from the block
         // cache where the stream has been, leaving the stream as it is.
         let layout = covering(client, handle, st, offset, size).await?;
-        return fetch(client, &layout, offset, size).await;
+        return match fetch(client, &layout, offset, size).await {
+            // The layout may be older than a garbage collection: fetch it again.
+            Err(FsError::BlobNotFound | FsError::Corrupt(_)) if !st.pinned => {
+                st.layout = None;
+                let layout = covering(client, handle, st, offset, size).await?;
+                fetch(client, &layout, offset, size).await
+            }
+            other => other,
+        };
     }
     st.next = if sequential { st.next.max(offset + size) } else { offset + size };
     let end = offset + size;
