@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// First read-ahead window of a sequential stream.
-pub const READAHEAD_MIN: u64 = 1 << 20;
+pub const READAHEAD_MIN: u64 = 4 << 20;
 /// Largest read-ahead window (memory per open file being streamed: about twice this).
 pub const READAHEAD_MAX: u64 = 16 << 20;
 /// How far from the furthest point read so far a read may start and still continue the stream
