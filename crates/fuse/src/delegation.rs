@@ -413,20 +413,20 @@ impl Delegations {
 
     /// Keep `data` as the first version of a file created here and not written back (a small
     /// file written from its start, being closed): it goes with the file's create, within
-    /// [`WRITE_BACK_AGE`], at once on `fsync`, or before anything needs it. False if the file
-    /// is not waiting here, or `data` would not cover what an earlier close left.
-    pub fn hold_data(&self, ino: u64, data: Vec<u8>) -> bool {
+    /// [`WRITE_BACK_AGE`], at once on `fsync`, or before anything needs it. `data` comes back
+    /// if the file is not waiting here, or `data` would not cover what an earlier close left.
+    pub fn hold_data(&self, ino: u64, data: Vec<u8>) -> Result<(), Vec<u8>> {
         let mut st = self.lock();
-        let Some(p) = st.pending.get_mut(&ino).filter(|p| !p.sending) else { return false };
+        let Some(p) = st.pending.get_mut(&ino).filter(|p| !p.sending) else { return Err(data) };
         if p.data.as_ref().is_some_and(|d| d.len() > data.len()) {
-            return false;
+            return Err(data);
         }
         let t = now_ns();
         p.attr.size = data.len() as u64;
         p.attr.mtime = t;
         p.attr.ctime = t;
         p.data = Some(data);
-        true
+        Ok(())
     }
 
     /// The answer to a file's write-back: it no longer waits here. `Some(intent)` when it was

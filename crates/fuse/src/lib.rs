@@ -479,9 +479,13 @@ impl ShoalFs {
     /// follows).
     fn write_back_small(&self, f: &mut OpenFile) -> Result<bool, Errno> {
         let ino = f.handle.inode.0;
-        let Some(buf) = f.buf.as_ref() else { return Ok(false) };
+        let Some(buf) = f.buf.as_mut() else { return Ok(false) };
         let small = buf.runs.len() == 1 && buf.runs[0].0 == 0 && buf.bytes as u64 <= self.inline_bytes;
-        if !small || !f.pending.is_empty() || !self.delegations.hold_data(ino, buf.runs[0].1.clone()) {
+        if !small || !f.pending.is_empty() {
+            return Ok(false);
+        }
+        if let Err(data) = self.delegations.hold_data(ino, std::mem::take(&mut buf.runs[0].1)) {
+            buf.runs[0].1 = data;
             return Ok(false);
         }
         f.buf = None;

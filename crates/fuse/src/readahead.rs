@@ -141,6 +141,23 @@ async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64) -> FsRes
     Ok(out.freeze())
 }
 
+/// `[offset, offset + len)` (a small file whole, up to `whole_file` bytes) through the cached
+/// layout, fetched again if a blob it names is gone (garbage collected after a commit).
+async fn fetch_current(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64, whole_file: u64) -> FsResult<Bytes> {
+    let layout = covering(client, handle, st, offset, len).await?;
+    // A small file is fetched whole (and so cached whole) at its first read.
+    let size = layout.attr.size;
+    let len = if size <= whole_file { len.max(size.saturating_sub(offset)) } else { len };
+    match fetch(client, &layout, offset, len).await {
+        Err(FsError::BlobNotFound | FsError::Corrupt(_)) if !st.pinned => {
+            st.layout = None;
+            let layout = covering(client, handle, st, offset, len).await?;
+            fetch(client, &layout, offset, len).await
+        }
+        other => other,
+    }
+}
+
 /// Refill the buffer at `offset` with at least `len` bytes (fewer at the end of the file): from
 /// the read-ahead when it starts there, else fetched now.
 async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, mut len: u64, whole_file: u64) -> FsResult<()> {
@@ -166,27 +183,7 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
     };
     let (start, buf) = match prefetched {
         Some((start, b)) if start + b.len() as u64 > offset => (start, b),
-        _ => (offset, {
-            let attempt = match covering(client, handle, st, offset, len).await {
-                Ok(layout) => {
-                    // A small file is fetched whole (and so cached whole) at its first read.
-                    let size = layout.attr.size;
-                    let len = if size <= whole_file { len.max(size.saturating_sub(offset)) } else { len };
-                    fetch(client, &layout, offset, len).await
-                }
-                Err(e) => Err(e),
-            };
-            match attempt {
-                Ok(b) => b,
-                // The layout may be older than a garbage collection: fetch it again.
-                Err(FsError::BlobNotFound | FsError::Corrupt(_)) if !st.pinned => {
-                    st.layout = None;
-                    let layout = covering(client, handle, st, offset, len).await?;
-                    fetch(client, &layout, offset, len).await?
-                }
-                Err(e) => return Err(e),
-            }
-        }),
+        _ => (offset, fetch_current(client, handle, st, offset, len, whole_file).await?),
     };
     st.buf_offset = start;
     st.buf = buf;
@@ -214,16 +211,7 @@ pub async fn read(
     if sequential && offset < st.buf_offset {
         // Behind the stream's buffer (sent earlier, served later): on its own, from the block
         // cache where the stream has been, leaving the stream as it is.
-        let layout = covering(client, handle, st, offset, size).await?;
-        return match fetch(client, &layout, offset, size).await {
-            // The layout may be older than a garbage collection: fetch it again.
-            Err(FsError::BlobNotFound | FsError::Corrupt(_)) if !st.pinned => {
-                st.layout = None;
-                let layout = covering(client, handle, st, offset, size).await?;
-                fetch(client, &layout, offset, size).await
-            }
-            other => other,
-        };
+        return fetch_current(client, handle, st, offset, size, 0).await;
     }
     st.next = if sequential { st.next.max(offset + size) } else { offset + size };
     let end = offset + size;

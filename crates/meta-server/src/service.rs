@@ -42,6 +42,7 @@ const RECALL_MARGIN: Duration = Duration::from_millis(20);
 pub const HORIZON_MARGIN: Duration = Duration::from_millis(500);
 
 type WriteWaiter = (CommandKind, oneshot::Sender<MetaResponse>);
+type ReadWaiter = oneshot::Sender<Result<(), FsError>>;
 
 /// Changes that may remove a file's last name, queued for the log and not yet applied (with an
 /// epoch counted up at each): an open answered before its commit ([`MetaOp::OpenRead`]) is
@@ -79,7 +80,6 @@ impl DropGate {
         *st == (0, epoch) && queue()
     }
 }
-type ReadWaiter = oneshot::Sender<Result<(), FsError>>;
 
 pub struct MetaService {
     pub raft: MetaRaft,
@@ -166,27 +166,13 @@ impl MetaService {
     /// Propose a command through the batcher and wait for its reply.
     pub async fn propose(&self, kind: CommandKind) -> MetaResponse {
         let (tx, rx) = oneshot::channel();
+        let slot = self.writes.reserve().await.map_err(|_| FsError::Unavailable("shutting down".into()))?;
+        // Counted from just before it is queued (nothing awaited in between) until the
+        // batcher is done with it, which ends the count.
         if DropGate::removes_names(&kind) {
-            // Counted from before it is queued until the batcher is done with it (which ends
-            // the count), also if this request is dropped meanwhile.
-            struct Unsent<'a>(Option<&'a DropGate>);
-            impl Drop for Unsent<'_> {
-                fn drop(&mut self) {
-                    if let Some(g) = self.0 {
-                        g.end();
-                    }
-                }
-            }
             self.drops.begin();
-            let mut unsent = Unsent(Some(&self.drops));
-            let sent = self.writes.send((kind, tx)).await;
-            if sent.is_ok() {
-                unsent.0 = None;
-            }
-            sent.map_err(|_| FsError::Unavailable("shutting down".into()))?;
-        } else {
-            self.writes.send((kind, tx)).await.map_err(|_| FsError::Unavailable("shutting down".into()))?;
         }
+        slot.send((kind, tx));
         rx.await.map_err(|_| FsError::Unavailable("shutting down".into()))?
     }
 
