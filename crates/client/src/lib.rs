@@ -54,6 +54,8 @@ pub const STORE_CONNS: usize = 2;
 pub struct Client {
     meta: Vec<(MetaNodeId, Arc<RpcClient>)>,
     leader: AtomicUsize,
+    /// See [`Client::changes`].
+    changes: AtomicU64,
     stores: Mutex<HashMap<String, Arc<RpcClient>>>,
     tls: Arc<rustls::ClientConfig>,
     session: SessionId,
@@ -154,6 +156,7 @@ impl Client {
         Ok(Client {
             meta,
             leader: AtomicUsize::new(0),
+            changes: AtomicU64::new(0),
             stores: Mutex::new(HashMap::new()),
             tls,
             session: SessionId(0),
@@ -199,7 +202,7 @@ impl Client {
         // Refused for a directory delegated to another session: the leader recalled it before
         // answering, so the request goes again at once, as a new one.
         let again = op.invalidates().iter().any(|i| matches!(i, Invalidate::Entry { .. }))
-            || matches!(op, MetaOp::Lookup { .. } | MetaOp::GetAttr { .. } | MetaOp::Readdir { .. });
+            || matches!(op, MetaOp::Lookup { .. } | MetaOp::GetAttr { .. } | MetaOp::Readdir { .. } | MetaOp::ReaddirPlus { .. });
         if !again {
             return self.meta_promised_once(cred, op).await;
         }
@@ -270,6 +273,24 @@ impl Client {
     /// carried out (its answer lost): the answer is then the first one, replayed from the reply
     /// table, and describes the state as it was then.
     async fn send_meta_tracked(&self, cred: &Credentials, op: MetaOp, seq: u64) -> (MetaResponse, bool) {
+        if !op.may_change_names_or_attrs() {
+            return self.send_meta_attempts(cred, op, seq).await;
+        }
+        // Counted before it is sent and after it is answered: a read whose answer arrives with
+        // the count unchanged since before it was sent did not overlap this change.
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        let r = self.send_meta_attempts(cred, op, seq).await;
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        r
+    }
+
+    /// How many requests that may change names or attributes this client began or ended: an
+    /// answer got with this count unchanged over its request overlapped none of them.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    async fn send_meta_attempts(&self, cred: &Credentials, op: MetaOp, seq: u64) -> (MetaResponse, bool) {
         let mut maybe_done = false;
         let req = MetaRequest { session: self.session, seq, cred: cred.clone(), op };
         let mut last_err = FsError::Unavailable("no metadata server answered".into());

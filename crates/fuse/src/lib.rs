@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod delegation;
+pub mod listings;
 pub mod promises;
 pub mod readahead;
 use promises::Promises;
@@ -203,6 +204,8 @@ pub struct ShoalFs {
     delegations: Arc<delegation::Delegations>,
     /// Whether to ask for delegations (`--no-delegations` turns it off).
     delegate: bool,
+    /// Listings of directories looked in often, to answer lookups here.
+    listings: Arc<listings::Listings>,
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -280,6 +283,12 @@ impl IdMap {
     }
 }
 
+/// Whether a lookup of `name` may be answered from a directory listing (a name the service
+/// refuses, or a dot entry, is left to it).
+fn listing_may_answer(name: &str) -> bool {
+    name.len() <= 255 && !name.contains('/') && name != "." && name != ".."
+}
+
 fn name_of(name: &OsStr) -> Result<String, Errno> {
     name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
 }
@@ -297,6 +306,7 @@ impl ShoalFs {
             open: Arc::new(Mutex::new(HashMap::new())),
             next_fh: AtomicU64::new(1),
             promises: Arc::new(Promises::default()),
+            listings: Arc::new(listings::Listings::default()),
             page_versions: Mutex::new(HashMap::new()),
             local_changes: Arc::new(AtomicU64::new(0)),
             releases,
@@ -561,7 +571,21 @@ impl Filesystem for ShoalFs {
             Some(None) => return reply.error(Errno::ENOENT),
             None => {}
         }
+        let cred = self.cred(req);
+        let stamp = listings::Stamp::now(&self.promises, &self.client);
+        if listing_may_answer(&name) {
+            if let Some(hit) = self.listings.lookup(parent.0, &name, &cred, stamp, std::time::Instant::now()) {
+                let Some(a) = hit.attr else { return reply.error(Errno::ENOENT) };
+                let attr = self.attr(&a);
+                let granted = self.promises.grant(stamp.callbacks, Some(hit.until), a.handle.inode.0, Some((parent.0, &name)));
+                return reply.entry(&granted.ttl, &attr, Generation(a.handle.generation.0));
+            }
+        }
         let (r, until, since) = self.read_promised(req, MetaOp::Lookup { parent: self.handle(parent), name: name.clone() });
+        if self.listings.missed(parent.0, stamp, std::time::Instant::now()) {
+            let (listings, client, promises, dir) = (self.listings.clone(), self.client.clone(), self.promises.clone(), self.handle(parent));
+            self.rt.spawn(async move { listings.fetch(&client, &promises, dir, cred).await });
+        }
         match r {
             Ok(a) => {
                 let attr = self.attr(&a);

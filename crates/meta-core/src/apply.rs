@@ -1632,7 +1632,7 @@ pub(crate) fn touched_dirs(kv: &impl KvRead, op: &MetaOp) -> Vec<InodeId> {
         MetaOp::Lookup { parent, .. } => vec![parent.inode],
         // Its mode and owner decide who may create in it.
         MetaOp::GetAttr { handle } | MetaOp::SetAttr { handle, .. } => vec![handle.inode],
-        MetaOp::Readdir { dir, .. } | MetaOp::Delegate { dir } => vec![dir.inode],
+        MetaOp::Readdir { dir, .. } | MetaOp::ReaddirPlus { dir, .. } | MetaOp::Delegate { dir } => vec![dir.inode],
         MetaOp::Create { parent, .. }
         | MetaOp::CreateOpen { parent, .. }
         | MetaOp::CreateOpenReserve { parent, .. }

@@ -46,25 +46,27 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: Ti
             rec.symlink_target.map(MetaReply::Target).ok_or_else(|| FsError::Invalid("not a symlink".into()))
         }
         MetaOp::Readdir { dir, cookie, limit } => {
-            let rec = dir_of(kv, dir)?;
-            perm::check(&rec, cred, perm::R)?;
-            let limit = (*limit).clamp(1, READDIR_LIMIT_MAX) as usize;
-            let start = key::u64_u64(dir.inode.0, cookie.saturating_add(1));
-            let rows = kv.scan(Table::DirCookies, &start, &key::prefix_end(dir.inode.0), limit + 1);
-            let eof = rows.len() <= limit;
-            let mut entries = Vec::with_capacity(rows.len().min(limit));
-            for (k, v) in rows.into_iter().take(limit) {
-                let name = String::from_utf8_lossy(&v).into_owned();
-                let Some(entry) = load::<DirentRec>(kv, Table::Dirents, &key::u64_name(dir.inode.0, &name)) else { continue };
-                let generation = load::<InodeRec>(kv, Table::Inodes, &key::u64(entry.inode.0)).map_or(0, |r| r.generation);
+            let (rows, eof) = listing(kv, cred, dir, *cookie, (*limit).clamp(1, READDIR_LIMIT_MAX))?;
+            let mut entries = Vec::with_capacity(rows.len());
+            for (name, cookie, entry, rec) in rows {
+                let generation = rec.map_or(0, |r| r.generation);
                 entries.push(DirEntry {
                     name,
                     kind: entry.kind,
                     handle: FileHandle { volume: VolumeId(1), inode: entry.inode, generation: Generation(generation) },
-                    cookie: key::read_u64(&k, 8),
+                    cookie,
                 });
             }
             Ok(MetaReply::Dir { entries, eof })
+        }
+        MetaOp::ReaddirPlus { dir, cookie, limit } => {
+            let (rows, eof) = listing(kv, cred, dir, *cookie, (*limit).clamp(1, READDIR_PLUS_LIMIT_MAX))?;
+            let mut entries = Vec::with_capacity(rows.len());
+            for (name, cookie, entry, rec) in rows {
+                let rec = rec.ok_or_else(|| FsError::Internal("dangling entry".into()))?;
+                entries.push(DirPlusEntry { name, attr: attr_of(entry.inode, &rec), cookie });
+            }
+            Ok(MetaReply::DirPlus { entries, eof })
         }
         MetaOp::GetLayout { handle, first_chunk, n_chunks } => {
             let rec = inode_of(kv, handle)?;
@@ -236,4 +238,24 @@ pub fn status(kv: &impl KvRead) -> ClusterStatus {
         sessions: count(Table::Sessions),
         ..Default::default()
     }
+}
+
+/// A page of directory `dir` after `cookie` (at most `limit` entries, readable by `cred`): each
+/// name with its cookie, entry and inode record, and whether the listing ends there.
+#[allow(clippy::type_complexity)]
+fn listing(kv: &impl KvRead, cred: &Credentials, dir: &FileHandle, cookie: u64, limit: u32) -> FsResult<(Vec<(String, u64, DirentRec, Option<InodeRec>)>, bool)> {
+    let rec = dir_of(kv, dir)?;
+    perm::check(&rec, cred, perm::R)?;
+    let limit = limit as usize;
+    let start = key::u64_u64(dir.inode.0, cookie.saturating_add(1));
+    let rows = kv.scan(Table::DirCookies, &start, &key::prefix_end(dir.inode.0), limit + 1);
+    let eof = rows.len() <= limit;
+    let mut out = Vec::with_capacity(rows.len().min(limit));
+    for (k, v) in rows.into_iter().take(limit) {
+        let name = String::from_utf8_lossy(&v).into_owned();
+        let Some(entry) = load::<DirentRec>(kv, Table::Dirents, &key::u64_name(dir.inode.0, &name)) else { continue };
+        let rec = load::<InodeRec>(kv, Table::Inodes, &key::u64(entry.inode.0));
+        out.push((name, key::read_u64(&k, 8), entry, rec));
+    }
+    Ok((out, eof))
 }

@@ -278,6 +278,37 @@ fn readdir_cookies_survive_removals() {
 }
 
 #[test]
+fn readdir_plus_pages_give_each_name_with_what_a_lookup_gives() {
+    let mut t = T::new();
+    let d = t.must_mkdir(ROOT, "d");
+    for i in 0..7 {
+        t.must_create(d.handle, &format!("f{i}"));
+    }
+    t.must_mkdir(d.handle, "sub");
+    let mut seen = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let MetaReply::DirPlus { entries, eof } = t.read(MetaOp::ReaddirPlus { dir: d.handle, cookie, limit: 3 }).unwrap() else { panic!() };
+        assert!(entries.len() <= 3);
+        for e in entries {
+            assert_eq!(t.lookup(d.handle, &e.name).unwrap(), e.attr, "{}", e.name);
+            cookie = e.cookie;
+            seen.push(e.name);
+        }
+        if eof {
+            break;
+        }
+    }
+    assert_eq!(seen, t.list(d.handle));
+    assert_eq!(seen.len(), 8);
+    // Listing needs read permission on the directory, as a plain listing does.
+    t.op(MetaOp::SetAttr { handle: d.handle, set: SetAttr { mode: Some(0o711), ..Default::default() } }).unwrap();
+    t.cred = Credentials { uid: 2000, gid: 2000, groups: vec![] };
+    assert_eq!(t.read(MetaOp::ReaddirPlus { dir: d.handle, cookie: 0, limit: 3 }), Err(FsError::PermissionDenied));
+    assert!(t.lookup(d.handle, "f1").is_ok());
+}
+
+#[test]
 fn permissions_are_enforced_from_credentials() {
     let mut t = T::new();
     let d = t.must_mkdir(ROOT, "home");

@@ -135,13 +135,16 @@ impl Promises {
         Some(at)
     }
 
-    /// Promise `ino`, found by a read that began at `since`, unless a mutation touched it since.
-    pub fn grant_after(&self, session: SessionId, ino: InodeId, since: u64, now: Instant) -> bool {
+    /// Promise `inodes`, found by a read that began at `since`, unless a mutation touched one of
+    /// them since (then none is promised).
+    pub fn grant_after(&self, session: SessionId, inodes: &[InodeId], since: u64, now: Instant) -> bool {
         let mut st = self.lock();
-        if st.stripes[stripe(ino)] > since || !st.watchers.contains_key(&session) {
+        if inodes.iter().any(|ino| st.stripes[stripe(*ino)] > since) || !st.watchers.contains_key(&session) {
             return false;
         }
-        st.grant(session, ino, now + self.lease);
+        for &ino in inodes {
+            st.grant(session, ino, now + self.lease);
+        }
         true
     }
 
@@ -496,9 +499,9 @@ mod tests {
         p.poll(A, &[], true, now);
         let at = p.begin(A, &[InodeId(1)], now).unwrap();
         p.break_promises(B, &[Invalidate::Inode(InodeId(42))], now);
-        assert!(!p.grant_after(A, InodeId(42), at, now));
+        assert!(!p.grant_after(A, &[InodeId(42)], at, now));
         let at = p.begin(A, &[InodeId(1)], now).unwrap();
-        assert!(p.grant_after(A, InodeId(42), at, now));
+        assert!(p.grant_after(A, &[InodeId(42)], at, now));
         assert_eq!(p.holders_of(InodeId(42)), 1);
     }
 

@@ -232,6 +232,7 @@ impl MetaService {
         let named = match &req.op {
             MetaOp::Lookup { parent, .. } => Some(parent.inode),
             MetaOp::GetAttr { handle } => Some(handle.inode),
+            MetaOp::ReaddirPlus { dir, .. } => Some(dir.inode),
             _ => None,
         };
         let session = req.session;
@@ -242,12 +243,13 @@ impl MetaService {
         let is_lookup = matches!(req.op, MetaOp::Lookup { .. });
         let reply = self.read_now(req).await?;
         let Some(since) = since else { return Ok(reply) };
-        if is_lookup {
-            if let MetaReply::Attr(a) = &reply {
-                if !self.promises.grant_after(session, a.handle.inode, since, tokio::time::Instant::now()) {
-                    return Ok(reply);
-                }
-            }
+        let found: Vec<InodeId> = match &reply {
+            MetaReply::Attr(a) if is_lookup => vec![a.handle.inode],
+            MetaReply::DirPlus { entries, .. } => entries.iter().map(|e| e.attr.handle.inode).collect(),
+            _ => Vec::new(),
+        };
+        if !found.is_empty() && !self.promises.grant_after(session, &found, since, tokio::time::Instant::now()) {
+            return Ok(reply);
         }
         Ok(MetaReply::Promised { lease_ms: self.promises.lease().as_millis() as u64, reply: Box::new(reply) })
     }
@@ -472,7 +474,7 @@ impl MetaService {
         };
         self.call_back(writer, &invalidates).await;
         if let (Some(since), MetaReply::Created { attr, .. }) = (since, &reply) {
-            if self.promises.grant_after(writer, attr.handle.inode, since, tokio::time::Instant::now()) {
+            if self.promises.grant_after(writer, &[attr.handle.inode], since, tokio::time::Instant::now()) {
                 reply = MetaReply::Promised { lease_ms: self.promises.lease().as_millis() as u64, reply: Box::new(reply) };
             }
         }

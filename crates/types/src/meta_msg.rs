@@ -158,7 +158,14 @@ pub enum MetaOp {
     /// as the open is sequenced in the log, before it commits, unless a change that may remove
     /// the file's last name is on its way (then after the commit, with [`MetaReply::Attr`]).
     OpenRead { handle: FileHandle },
+    /// [`MetaOp::Readdir`] with each entry's attributes (a page of at most
+    /// [`READDIR_PLUS_LIMIT_MAX`]). For a watching session the answer is promised as a lookup of
+    /// every name in it would be: the directory and each child listed.
+    ReaddirPlus { dir: FileHandle, cookie: u64, limit: u32 },
 }
+
+/// Most entries of one [`MetaOp::ReaddirPlus`] page.
+pub const READDIR_PLUS_LIMIT_MAX: u32 = 1024;
 
 /// Chunks of layout a [`MetaOp::OpenRead`] answers with (1 GiB of file).
 pub const OPEN_LAYOUT_CHUNKS: u64 = 16;
@@ -220,12 +227,29 @@ impl MetaOp {
         }
     }
 
+    /// Whether carrying it out may change a name or what a read of attributes answers (every
+    /// request but reads and a few that only hold or reserve things).
+    pub fn may_change_names_or_attrs(&self) -> bool {
+        !self.is_read()
+            && !matches!(
+                self,
+                MetaOp::OpenRead { .. }
+                    | MetaOp::Release { .. }
+                    | MetaOp::OpenSession { .. }
+                    | MetaOp::RenewSession
+                    | MetaOp::AllocBlobs { .. }
+                    | MetaOp::AbandonBlobs { .. }
+                    | MetaOp::ReserveInodes { .. }
+            )
+    }
+
     pub fn is_read(&self) -> bool {
         matches!(
             self,
             MetaOp::Lookup { .. }
                 | MetaOp::GetAttr { .. }
                 | MetaOp::Readdir { .. }
+                | MetaOp::ReaddirPlus { .. }
                 | MetaOp::Readlink { .. }
                 | MetaOp::GetLayout { .. }
                 | MetaOp::Statfs
@@ -340,6 +364,8 @@ pub enum MetaReply {
     Delegated { attr: Attr },
     /// Answer to [`MetaOp::ReserveInodes`]: `first` and the `count - 1` numbers after it.
     Inodes { first: InodeId, count: u32 },
+    /// Answer to [`MetaOp::ReaddirPlus`].
+    DirPlus { entries: Vec<DirPlusEntry>, eof: bool },
 }
 
 impl MetaReply {
@@ -447,6 +473,15 @@ pub struct DirEntry {
     pub name: String,
     pub kind: FileKind,
     pub handle: FileHandle,
+    /// Resume a listing after this entry by passing this cookie.
+    pub cookie: u64,
+}
+
+/// An entry of [`MetaReply::DirPlus`]: a name with the attributes of what it names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirPlusEntry {
+    pub name: String,
+    pub attr: Attr,
     /// Resume a listing after this entry by passing this cookie.
     pub cookie: u64,
 }

@@ -345,14 +345,78 @@ fn open_snapshot_keeps_reading_the_version_it_opened() {
 
 /// How many times a mount gave a delegated directory back (its log).
 fn delegations_given_back(c: &TestCluster, mount: &str) -> usize {
+    mount_log_count(c, mount, "gave a delegated directory back")
+}
+
+/// How many lines of a mount's log say `what`.
+fn mount_log_count(c: &TestCluster, mount: &str, what: &str) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(c.path().join("logs")).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("mount-") && name.ends_with(&format!("_{mount}.log")) {
-            n += std::fs::read_to_string(e.path()).unwrap_or_default().matches("gave a delegated directory back").count();
+            n += std::fs::read_to_string(e.path()).unwrap_or_default().matches(what).count();
         }
     }
     n
+}
+
+/// Wait until mount "b" said it kept `n` directory listings.
+fn wait_for_listings(c: &TestCluster, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mount_log_count(c, "b", "kept the listing of a directory") < n {
+        assert!(std::time::Instant::now() < deadline, "B kept no listing: the test proves nothing\n{}", c.logs_tail());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lookups_answered_from_a_directory_listing_follow_every_change() {
+    // Mount B looks up a few names of a directory A filled: B fetches the directory's listing
+    // and answers its next lookups from it, unknown names included. Each change made after
+    // that, by A (create, chmod, append, unlink, rename) or by B itself (an append through
+    // another name of a file), is seen by B's next lookup of the name.
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    let (da, db) = (a.join("d"), b.join("d"));
+    std::fs::create_dir(&da).unwrap();
+    std::fs::create_dir(a.join("e")).unwrap();
+    let n = 100;
+    for i in 0..n {
+        std::fs::write(da.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    std::fs::hard_link(da.join("f93"), a.join("e").join("l93")).unwrap();
+    // A few lookups go to the service; then the listing is fetched (in the background).
+    for i in 0..8 {
+        assert_eq!(std::fs::metadata(db.join(format!("f{i}"))).unwrap().len(), format!("file {i}").len() as u64);
+    }
+    wait_for_listings(&c, 1);
+    for i in 8..60 {
+        assert_eq!(std::fs::metadata(db.join(format!("f{i}"))).unwrap().len(), format!("file {i}").len() as u64, "f{i} from the listing");
+    }
+    assert!(!db.join("absent").exists());
+    // Changes by A: each calls B back before it returns.
+    std::fs::write(da.join("new"), b"new file").unwrap();
+    assert_eq!(std::fs::read(db.join("new")).unwrap(), b"new file", "a file A created after the listing");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(da.join("f60"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(std::fs::metadata(db.join("f60")).unwrap().permissions().mode() & 0o777, 0o600, "a chmod by A");
+    std::fs::OpenOptions::new().append(true).open(da.join("f70")).unwrap().write_all(b" more").unwrap();
+    assert_eq!(std::fs::read(db.join("f70")).unwrap(), b"file 70 more", "an append by A");
+    std::fs::remove_file(da.join("f80")).unwrap();
+    assert!(!db.join("f80").exists(), "an unlink by A");
+    std::fs::rename(da.join("f81"), da.join("f81r")).unwrap();
+    assert!(!db.join("f81").exists(), "a rename by A: old name");
+    assert_eq!(std::fs::read(db.join("f81r")).unwrap(), b"file 81", "a rename by A: new name");
+    // A change by B itself, through another name: B gets no callback for it.
+    for i in 0..8 {
+        let _ = std::fs::metadata(db.join(format!("absent{i}")));
+    }
+    wait_for_listings(&c, 2);
+    std::fs::OpenOptions::new().append(true).open(b.join("e").join("l93")).unwrap().write_all(b" from b").unwrap();
+    assert_eq!(std::fs::metadata(db.join("f93")).unwrap().len(), b"file 93 from b".len() as u64, "B's own append through a link");
+    assert_eq!(std::fs::read(db.join("f93")).unwrap(), b"file 93 from b");
+    assert_eq!(lease_waits(&c), 0, "every callback was acknowledged");
 }
 
 #[test]
