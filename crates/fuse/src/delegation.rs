@@ -94,6 +94,8 @@ struct State {
     ids: Vec<(u64, u64)>,
     reserving: bool,
     asking: HashSet<u64>,
+    /// `MkdirDelegated` requests under way (a recall may come before their answer).
+    mkdirs: usize,
     /// Recalled while the request for them was under way: given back as soon as granted.
     recalled_early: HashSet<u64>,
     no_ask: HashMap<u64, Instant>,
@@ -278,6 +280,35 @@ impl Delegations {
                 st.no_ask.insert(dir.inode.0, Instant::now() + BACK_OFF);
             }
         });
+    }
+
+    /// Before a `mkdir`: whether to ask for the new directory's delegation with it
+    /// ([`MetaOp::MkdirDelegated`]; then call [`Delegations::end_mkdir`] after the answer).
+    pub fn begin_mkdir(&self) -> bool {
+        let mut st = self.lock();
+        if st.ids_left() == 0 {
+            return false;
+        }
+        st.mkdirs += 1;
+        true
+    }
+
+    /// The answer to a `MkdirDelegated` sent at `sent` came: hold the new directory (empty,
+    /// its whole listing known) if it was granted and not recalled meanwhile.
+    pub fn end_mkdir(&self, granted: Option<&Attr>, sent: Instant) {
+        let mut st = self.lock();
+        st.mkdirs -= 1;
+        let Some(attr) = granted else { return };
+        let dir = attr.handle.inode.0;
+        if st.recalled_early.remove(&dir) {
+            // Given back already, by the recall.
+            return;
+        }
+        if st.mkdirs == 0 && st.asking.is_empty() {
+            st.recalled_early.clear();
+        }
+        let until = sent + Duration::from_nanos(DELEGATION_LEASE_NS as u64);
+        st.dirs.insert(dir, Dir { handle: attr.handle, until, attr: Some(attr.clone()), names: Some(HashSet::new()), changes: Vec::new(), used: false, closing: false });
     }
 
     async fn ask(&self, dir: FileHandle) -> bool {
@@ -474,7 +505,7 @@ impl Delegations {
                 None => {
                     // Not held as far as this mount knows: granted to a request still under
                     // way, or renewed just as it was given back. Give it back anyway.
-                    if st.asking.contains(&dir) {
+                    if st.asking.contains(&dir) || st.mkdirs > 0 {
                         st.recalled_early.insert(dir);
                     }
                     drop(st);

@@ -696,14 +696,31 @@ impl Filesystem for ShoalFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.write_back_creates();
+        // A new directory depends on no file created here and not written back, unless it
+        // takes such a file's name (then the service must see the file to refuse the name).
+        if name.to_str().is_none_or(|n| self.delegations.lookup(parent.0, n).is_some_and(|a| a.is_some())) {
+            self.write_back_creates();
+        }
         let r = name_of(name).and_then(|name| {
-            let op = MetaOp::Mkdir { parent: self.handle(parent), name: name.clone(), mode: mode & !umask & 0o7777 };
-            let r = self.run(self.client.meta_as(&self.cred(req), op)).and_then(attr_reply);
+            let (parent_handle, mode) = (self.handle(parent), mode & !umask & 0o7777);
+            // Files are often created in a new directory next: it comes delegated to this
+            // mount (no other client can have looked into it yet).
+            let delegated = self.delegate && self.delegations.begin_mkdir();
+            let r = if delegated {
+                let sent = std::time::Instant::now();
+                let r = self.run(self.client.meta_as(&self.cred(req), MetaOp::MkdirDelegated { parent: parent_handle, name: name.clone(), mode }));
+                let r = r.and_then(|reply| match reply {
+                    MetaReply::Delegated { attr } => Ok(attr),
+                    _ => Err(Errno::EIO),
+                });
+                self.delegations.end_mkdir(r.as_ref().ok(), sent);
+                r
+            } else {
+                self.run(self.client.meta_as(&self.cred(req), MetaOp::Mkdir { parent: parent_handle, name: name.clone(), mode })).and_then(attr_reply)
+            };
             if let Ok(a) = &r {
                 self.delegations.note_entry(parent.0, &name, true);
-                // Files are often created in a new directory next.
-                if self.delegate {
+                if self.delegate && !delegated {
                     self.delegations.maybe_ask(a.handle);
                 }
             }

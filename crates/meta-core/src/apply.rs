@@ -328,6 +328,15 @@ impl<K: Kv> Sm<'_, K> {
             MetaOp::Mkdir { parent, name, mode } => {
                 self.create(cred, parent, name, FileKind::Dir, *mode, 0, true, None, None)
             }
+            MetaOp::MkdirDelegated { parent, name, mode } => {
+                let attr = match self.create(cred, parent, name, FileKind::Dir, *mode, 0, true, None, None)? {
+                    MetaReply::Attr(a) => a,
+                    other => return Err(FsError::Internal(format!("mkdir answered {other:?}"))),
+                };
+                let until = self.now + DELEGATION_LEASE_NS;
+                store(self.kv, Table::Delegations, &key::u64(attr.handle.inode.0), &DelegationRec { session: req.session, until });
+                Ok(MetaReply::Delegated { attr })
+            }
             MetaOp::Symlink { parent, name, target } => {
                 if target.is_empty() || target.len() > 4096 {
                     return Err(FsError::Invalid("bad symlink target".into()));
@@ -1639,6 +1648,7 @@ pub(crate) fn touched_dirs(kv: &impl KvRead, op: &MetaOp) -> Vec<InodeId> {
         | MetaOp::CreateAt { parent, .. }
         | MetaOp::CreateAtWith { parent, .. }
         | MetaOp::Mkdir { parent, .. }
+        | MetaOp::MkdirDelegated { parent, .. }
         | MetaOp::Symlink { parent, .. }
         | MetaOp::Unlink { parent, .. } => vec![parent.inode],
         MetaOp::Link { new_parent, .. } => vec![new_parent.inode],

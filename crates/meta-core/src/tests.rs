@@ -830,6 +830,27 @@ fn inline_commits_are_small_at_the_start_of_the_file_and_match_their_bytes() {
 /// changes of its entries are refused with `Delegated` (naming the holder and the end of the
 /// lease) until the holder gives it back or the lease ends.
 #[test]
+fn a_directory_made_with_its_delegation_is_the_makers_alone() {
+    let mut t = T::new();
+    let maker = t.session;
+    let Ok(MetaReply::Session { session: other, .. }) = t.op(MetaOp::OpenSession { client: "other".into() }) else { panic!() };
+    let r = t.op(MetaOp::MkdirDelegated { parent: ROOT, name: "d".into(), mode: 0o755 });
+    let Ok(MetaReply::Delegated { attr }) = r else { panic!("{r:?}") };
+    assert_eq!((attr.kind, attr.mode, attr.nlink), (FileKind::Dir, 0o755, 2));
+    assert_eq!(t.lookup(ROOT, "d").unwrap(), attr);
+    t.must_create(attr.handle, "mine");
+    t.session = other;
+    assert!(matches!(t.read(MetaOp::Readdir { dir: attr.handle, cookie: 0, limit: 10 }), Err(FsError::Delegated { holder, .. }) if holder == maker));
+    // A name taken is refused as by `Mkdir`, and nothing is delegated.
+    t.session = maker;
+    assert_eq!(t.op(MetaOp::MkdirDelegated { parent: ROOT, name: "d".into(), mode: 0o755 }), Err(FsError::Exists));
+    // The lease runs out as any delegation's does.
+    t.now += DELEGATION_LEASE_NS + 1;
+    t.session = other;
+    assert!(t.read(MetaOp::Readdir { dir: attr.handle, cookie: 0, limit: 10 }).is_ok());
+}
+
+#[test]
 fn a_delegated_directory_is_the_holders_alone_until_returned_or_expired() {
     let mut t = T::new();
     let d = t.must_mkdir(ROOT, "d");

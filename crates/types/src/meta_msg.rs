@@ -162,6 +162,9 @@ pub enum MetaOp {
     /// [`READDIR_PLUS_LIMIT_MAX`]). For a watching session the answer is promised as a lookup of
     /// every name in it would be: the directory and each child listed.
     ReaddirPlus { dir: FileHandle, cookie: u64, limit: u32 },
+    /// [`MetaOp::Mkdir`], the new (empty) directory delegated to the session at once, as
+    /// [`MetaOp::Delegate`] would: answered with [`MetaReply::Delegated`] (its attributes).
+    MkdirDelegated { parent: FileHandle, name: String, mode: u32 },
 }
 
 /// Most entries of one [`MetaOp::ReaddirPlus`] page.
@@ -456,6 +459,7 @@ impl MetaOp {
             | MetaOp::CreateAt { parent, name, .. }
             | MetaOp::CreateAtWith { parent, name, .. }
             | MetaOp::Mkdir { parent, name, .. }
+            | MetaOp::MkdirDelegated { parent, name, .. }
             | MetaOp::Symlink { parent, name, .. }
             | MetaOp::Unlink { parent, name }
             | MetaOp::Rmdir { parent, name } => vec![entry(parent, name)],

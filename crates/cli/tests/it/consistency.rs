@@ -456,6 +456,41 @@ fn files_created_under_a_delegation_are_seen_at_once_by_another_mount() {
     assert_eq!(lease_waits(&c), 0, "every callback was acknowledged");
 }
 
+#[test]
+fn a_directory_made_by_a_mount_is_delegated_to_it_and_seen_by_another_at_once() {
+    // A makes directories and fills them at once (each new directory comes delegated with the
+    // mkdir): B, looking in right after, sees every file with its bytes; a directory B looks
+    // into before A filled it is recalled, and A's creates there still all land.
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    // The first directory asks for inode numbers; the next ones come delegated.
+    std::fs::create_dir(a.join("warm")).unwrap();
+    std::fs::write(a.join("warm").join("x"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for round in 0..rounds(20) {
+        let d = format!("d{round}");
+        std::fs::create_dir_all(a.join(&d).join("sub")).unwrap();
+        if round % 2 == 1 {
+            // B looks first: the delegation is recalled before B's listing is answered.
+            assert_eq!(std::fs::read_dir(b.join(&d).join("sub")).unwrap().count(), 0);
+        }
+        for i in 0..20 {
+            std::fs::write(a.join(&d).join("sub").join(format!("f{i}")), format!("{round} {i}")).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(b.join(&d).join("sub")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        let mut want: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        want.sort();
+        assert_eq!(names, want, "round {round}: B's listing right after A's creates");
+        assert_eq!(std::fs::read(b.join(&d).join("sub").join("f7")).unwrap(), format!("{round} 7").into_bytes());
+        std::fs::write(b.join(&d).join("sub").join("from-b"), b"b").unwrap();
+        assert_eq!(std::fs::read(a.join(&d).join("sub").join("from-b")).unwrap(), b"b", "round {round}: A sees B's file");
+    }
+    assert!(delegations_given_back(&c, "a") > 0, "A never held a delegation: the test proves nothing\n{}", c.logs_tail());
+    assert_eq!(lease_waits(&c), 0, "every callback was acknowledged");
+}
+
 /// Kill -9 the process serving a mount, and wait until it is gone.
 fn kill9_mount(c: &TestCluster, mnt: &Path) {
     let pid_file = c.path().join("pids").join(format!("mount-{}.pid", mnt.to_string_lossy().trim_matches('/').replace('/', "_")));
