@@ -298,15 +298,19 @@ impl Delegations {
     pub fn end_mkdir(&self, granted: Option<&Attr>, sent: Instant) {
         let mut st = self.lock();
         st.mkdirs -= 1;
+        let early = granted.is_some_and(|a| st.recalled_early.remove(&a.handle.inode.0));
+        if st.mkdirs == 0 {
+            // Recalls noted for mkdirs: none is under way any more.
+            let asking = std::mem::take(&mut st.asking);
+            st.recalled_early.retain(|d| asking.contains(d));
+            st.asking = asking;
+        }
         let Some(attr) = granted else { return };
-        let dir = attr.handle.inode.0;
-        if st.recalled_early.remove(&dir) {
+        if early {
             // Given back already, by the recall.
             return;
         }
-        if st.mkdirs == 0 && st.asking.is_empty() {
-            st.recalled_early.clear();
-        }
+        let dir = attr.handle.inode.0;
         let until = sent + Duration::from_nanos(DELEGATION_LEASE_NS as u64);
         st.dirs.insert(dir, Dir { handle: attr.handle, until, attr: Some(attr.clone()), names: Some(HashSet::new()), changes: Vec::new(), used: false, closing: false });
     }
@@ -328,11 +332,20 @@ impl Delegations {
             }
         };
         let until = sent + Duration::from_nanos(DELEGATION_LEASE_NS as u64);
-        if self.lock().recalled_early.remove(&dir.inode.0) {
+        // Checked and held under one lock: a recall sees either no directory (and notes it as
+        // recalled early) or the directory held.
+        let recalled = {
+            let mut st = self.lock();
+            let recalled = st.recalled_early.remove(&dir.inode.0);
+            if !recalled {
+                st.dirs.insert(dir.inode.0, Dir { handle: dir, until, attr: Some(attr), names: None, changes: Vec::new(), used: false, closing: false });
+            }
+            recalled
+        };
+        if recalled {
             let _ = self.client.meta(MetaOp::ReturnDelegation { dir }).await;
             return false;
         }
-        self.lock().dirs.insert(dir.inode.0, Dir { handle: dir, until, attr: Some(attr), names: None, changes: Vec::new(), used: false, closing: false });
         // Nobody else changes the directory now: its listing stays true, with this mount's own
         // changes (noted meanwhile) on top.
         match self.client.readdir_all(dir).await {

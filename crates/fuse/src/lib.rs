@@ -709,11 +709,12 @@ impl Filesystem for ShoalFs {
             let r = if delegated {
                 let sent = std::time::Instant::now();
                 let r = self.run(self.client.meta_as(&self.cred(req), MetaOp::MkdirDelegated { parent: parent_handle, name: name.clone(), mode }));
-                let r = r.and_then(|reply| match reply {
-                    MetaReply::Delegated { attr } => Ok(attr),
-                    _ => Err(Errno::EIO),
-                });
-                self.delegations.end_mkdir(r.as_ref().ok(), sent);
+                let (r, granted) = match r {
+                    Ok(MetaReply::Delegated { attr }) => (Ok(attr), true),
+                    Ok(other) => (attr_reply(other), false),
+                    Err(e) => (Err(e), false),
+                };
+                self.delegations.end_mkdir(r.as_ref().ok().filter(|_| granted), sent);
                 r
             } else {
                 self.run(self.client.meta_as(&self.cred(req), MetaOp::Mkdir { parent: parent_handle, name: name.clone(), mode })).and_then(attr_reply)

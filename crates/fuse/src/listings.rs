@@ -34,10 +34,11 @@ use std::time::{Duration, Instant};
 pub const LOOKUPS_BEFORE_LISTING: u32 = 4;
 /// Largest directory whose listing is kept, in names.
 pub const LISTING_ENTRIES_MAX: usize = 16_384;
-/// Names kept in all listings together.
+/// Names kept in all listings together (a listing counts one more than its names).
 pub const LISTINGS_ENTRIES_MAX: usize = 131_072;
-/// A directory whose listing could not be fetched or kept is not asked for again for this long.
-const BACK_OFF: Duration = Duration::from_secs(5);
+/// A directory whose listing could not be fetched or kept (too large, not readable) is not
+/// asked for again for this long ...
+const BACK_OFF: Duration = Duration::from_secs(30);
 /// ... and this long when a page came without a promise.
 const UNPROMISED_BACK_OFF: Duration = Duration::from_millis(200);
 /// Directories whose misses are counted at most (beyond it the counts start again).
@@ -96,7 +97,7 @@ impl Listings {
         let l = st.dirs.get(&dir)?;
         if l.stamp != stamp || l.until <= now {
             let l = st.dirs.remove(&dir).expect("listing");
-            st.entries -= l.names.len();
+            st.entries -= weight(&l);
             return None;
         }
         if l.cred != *cred {
@@ -114,6 +115,8 @@ impl Listings {
         }
         if st.misses.len() >= COUNTED_MAX && !st.misses.contains_key(&dir) {
             st.misses.clear();
+        }
+        if st.backing_off.len() >= COUNTED_MAX {
             st.backing_off.retain(|_, t| *t > now);
         }
         let count = st.misses.entry(dir).or_insert((stamp, 0));
@@ -148,17 +151,22 @@ impl Listings {
                 return;
             }
         };
-        if Stamp::now(promises, client) != stamp || until <= Instant::now() {
+        let now = Instant::now();
+        if Stamp::now(promises, client) != stamp || until <= now {
             return;
         }
-        if st.entries + names.len() > LISTINGS_ENTRIES_MAX {
+        // Listings of an older stamp or promise are of no use any more.
+        st.dirs.retain(|_, l| l.stamp == stamp && l.until > now);
+        st.entries = st.dirs.values().map(weight).sum();
+        if st.entries + names.len() + 1 > LISTINGS_ENTRIES_MAX {
             st.dirs.clear();
             st.entries = 0;
         }
         tracing::info!(dir = dir.inode.0, names = names.len(), "kept the listing of a directory");
-        st.entries += names.len();
-        if let Some(old) = st.dirs.insert(dir.inode.0, Listing { stamp, until, cred, names }) {
-            st.entries -= old.names.len();
+        let listing = Listing { stamp, until, cred, names };
+        st.entries += weight(&listing);
+        if let Some(old) = st.dirs.insert(dir.inode.0, listing) {
+            st.entries -= weight(&old);
         }
     }
 
@@ -166,6 +174,11 @@ impl Listings {
     pub fn held(&self) -> usize {
         self.lock().entries
     }
+}
+
+/// What a listing counts toward [`LISTINGS_ENTRIES_MAX`].
+fn weight(l: &Listing) -> usize {
+    l.names.len() + 1
 }
 
 /// Every page of the listing of `dir`, with the end of the promise covering them all. `Ok(None)`:
@@ -251,7 +264,7 @@ mod tests {
         names.insert("a".to_string(), attr.clone());
         {
             let mut st = l.lock();
-            st.entries = 1;
+            st.entries = 2;
             st.dirs.insert(7, Listing { stamp: stamp(3, 4), until: now + Duration::from_secs(1), cred: cred.clone(), names });
         }
         let hit = l.lookup(7, "a", &cred, stamp(3, 4), now).expect("held");
@@ -272,10 +285,11 @@ mod tests {
         let cred = Credentials { uid: 0, gid: 0, groups: Vec::new() };
         {
             let mut st = l.lock();
-            st.entries = 0;
+            st.entries = 1;
             st.dirs.insert(7, Listing { stamp: stamp(3, 4), until: now + Duration::from_secs(1), cred: cred.clone(), names: HashMap::new() });
         }
         assert!(l.lookup(7, "a", &cred, stamp(3, 5), now).is_none());
         assert!(l.lookup(7, "a", &cred, stamp(3, 4), now).is_none());
+        assert_eq!(l.held(), 0);
     }
 }

@@ -333,6 +333,11 @@ impl<K: Kv> Sm<'_, K> {
                     MetaReply::Attr(a) => a,
                     other => return Err(FsError::Internal(format!("mkdir answered {other:?}"))),
                 };
+                // Delegated only to who may create in it, as `Delegate` checks.
+                let rec = dir_of(self.kv, &attr.handle)?;
+                if perm::check(&rec, cred, W | X).is_err() {
+                    return Ok(MetaReply::Attr(attr));
+                }
                 let until = self.now + DELEGATION_LEASE_NS;
                 store(self.kv, Table::Delegations, &key::u64(attr.handle.inode.0), &DelegationRec { session: req.session, until });
                 Ok(MetaReply::Delegated { attr })

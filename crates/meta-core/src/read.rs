@@ -60,6 +60,8 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: Ti
             Ok(MetaReply::Dir { entries, eof })
         }
         MetaOp::ReaddirPlus { dir, cookie, limit } => {
+            // What it answers is what a lookup of each name would: search permission too.
+            perm::check(&dir_of(kv, dir)?, cred, X)?;
             let (rows, eof) = listing(kv, cred, dir, *cookie, (*limit).clamp(1, READDIR_PLUS_LIMIT_MAX))?;
             let mut entries = Vec::with_capacity(rows.len());
             for (name, cookie, entry, rec) in rows {

@@ -301,11 +301,18 @@ fn readdir_plus_pages_give_each_name_with_what_a_lookup_gives() {
     }
     assert_eq!(seen, t.list(d.handle));
     assert_eq!(seen.len(), 8);
-    // Listing needs read permission on the directory, as a plain listing does.
+    // It needs read permission on the directory, as a plain listing does, and search
+    // permission, as a lookup does.
     t.op(MetaOp::SetAttr { handle: d.handle, set: SetAttr { mode: Some(0o711), ..Default::default() } }).unwrap();
     t.cred = Credentials { uid: 2000, gid: 2000, groups: vec![] };
     assert_eq!(t.read(MetaOp::ReaddirPlus { dir: d.handle, cookie: 0, limit: 3 }), Err(FsError::PermissionDenied));
     assert!(t.lookup(d.handle, "f1").is_ok());
+    t.cred = Credentials::ROOT;
+    t.op(MetaOp::SetAttr { handle: d.handle, set: SetAttr { mode: Some(0o744), ..Default::default() } }).unwrap();
+    t.cred = Credentials { uid: 2000, gid: 2000, groups: vec![] };
+    assert!(t.read(MetaOp::Readdir { dir: d.handle, cookie: 0, limit: 3 }).is_ok());
+    assert_eq!(t.read(MetaOp::ReaddirPlus { dir: d.handle, cookie: 0, limit: 3 }), Err(FsError::PermissionDenied));
+    assert_eq!(t.lookup(d.handle, "f1"), Err(FsError::PermissionDenied));
 }
 
 #[test]

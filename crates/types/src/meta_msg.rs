@@ -163,7 +163,9 @@ pub enum MetaOp {
     /// every name in it would be: the directory and each child listed.
     ReaddirPlus { dir: FileHandle, cookie: u64, limit: u32 },
     /// [`MetaOp::Mkdir`], the new (empty) directory delegated to the session at once, as
-    /// [`MetaOp::Delegate`] would: answered with [`MetaReply::Delegated`] (its attributes).
+    /// [`MetaOp::Delegate`] would: answered with [`MetaReply::Delegated`] (its attributes), or
+    /// with [`MetaReply::Attr`] (made, not delegated) when its mode lets the maker not create
+    /// in it.
     MkdirDelegated { parent: FileHandle, name: String, mode: u32 },
 }
 
@@ -465,6 +467,9 @@ impl MetaOp {
             | MetaOp::Rmdir { parent, name } => vec![entry(parent, name)],
             MetaOp::Link { handle, new_parent, new_name } => vec![Invalidate::Inode(handle.inode), entry(new_parent, new_name)],
             MetaOp::Rename { parent, name, new_parent, new_name, .. } => vec![entry(parent, name), entry(new_parent, new_name)],
+            // From the grant on, the holder changes the directory's entries without telling
+            // the leader: whoever may answer from a listing of it must drop that listing.
+            MetaOp::Delegate { dir } => vec![Invalidate::Inode(dir.inode)],
             _ => Vec::new(),
         }
     }
