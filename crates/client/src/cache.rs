@@ -273,6 +273,21 @@ impl BlockCache {
         }
     }
 
+    /// Cache a block in memory only (a block of a long stream: on disk it would push out most
+    /// of what the disk tier holds, and writing it competes with the stream's own reads).
+    pub fn put_in_memory(&self, blob: BlobId, block: u64, data: Bytes) {
+        self.remember((blob, block), data);
+    }
+
+    /// Bytes the disk tier holds at most (0 without one).
+    pub fn disk_bytes(&self) -> u64 {
+        if self.config.dir.is_some() {
+            self.config.disk_bytes
+        } else {
+            0
+        }
+    }
+
     /// Cache a block fetched from a storage server: in memory now, on disk by one writer thread
     /// (inside a tokio runtime) so the read that fetched it does not wait for the local disk;
     /// outside a runtime (tests), on disk before returning.

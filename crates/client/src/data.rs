@@ -28,6 +28,9 @@ const READ_PIECE_BYTES: usize = 1 << 20;
 pub const PUTS_IN_FLIGHT_MAX: usize = 4;
 /// Windows being read at once by one stream.
 pub const READS_IN_FLIGHT_MAX: usize = 4;
+/// A file read as a stream whose size passes the disk cache divided by this is not written to
+/// the disk cache ([`Client::read_segments_streaming`]).
+pub const STREAM_SHARE_OF_DISK_CACHE: u64 = 4;
 /// How long a put waits for the copies beyond the write quorum.
 pub const LAGGARD_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Blob ids reserved per intent.
@@ -391,6 +394,18 @@ impl Client {
     /// The bytes of a range as consecutive segments, in order: each extent is one segment (holes
     /// are zeros), so a read of whole blobs passes their buffers on without a copy.
     pub async fn read_segments(&self, layout: &Layout, offset: u64, len: u64) -> FsResult<Vec<Bytes>> {
+        self.read_segments_of(layout, offset, len, false).await
+    }
+
+    /// [`Client::read_segments`] for a sequential stream: the blocks of a file larger than a
+    /// quarter of the disk cache are kept in memory only (a cold read of 1 GiB went from
+    /// 325-389 to 632-690 MiB/s once it stopped writing every block to the local disk).
+    pub async fn read_segments_streaming(&self, layout: &Layout, offset: u64, len: u64) -> FsResult<Vec<Bytes>> {
+        let long = self.block_cache.get().is_some_and(|c| layout.attr.size > c.disk_bytes() / STREAM_SHARE_OF_DISK_CACHE);
+        self.read_segments_of(layout, offset, len, long).await
+    }
+
+    async fn read_segments_of(&self, layout: &Layout, offset: u64, len: u64, memory_only: bool) -> FsResult<Vec<Bytes>> {
         let size = layout.attr.size;
         if offset >= size || len == 0 {
             return Ok(Vec::new());
@@ -433,7 +448,7 @@ impl Client {
         }
         let reads = pieces.iter().map(|(_, n, source)| async move {
             match source {
-                Some((loc, blob_offset)) => self.read_blob(loc, *blob_offset, *n).await,
+                Some((loc, blob_offset)) => self.read_blob(loc, *blob_offset, *n, memory_only).await,
                 None => Ok(Bytes::from(vec![0u8; *n as usize])),
             }
         });
@@ -442,7 +457,7 @@ impl Client {
 
     /// Read a range of one blob, through the block cache when there is one: cached blocks are
     /// served from it, each run of missing blocks is fetched in one request and cached.
-    async fn read_blob(&self, loc: &BlobLocation, offset: u64, len: u64) -> FsResult<Bytes> {
+    async fn read_blob(&self, loc: &BlobLocation, offset: u64, len: u64, memory_only: bool) -> FsResult<Bytes> {
         if let Some(bytes) = &loc.inline {
             let (start, end) = (offset as usize, offset.saturating_add(len) as usize);
             if end > bytes.len() {
@@ -471,7 +486,11 @@ impl Client {
             let run = self.fetch_blob(loc, start, end - start).await?;
             for (k, b) in (i..j).enumerate() {
                 let piece = run.slice(k * CACHE_BLOCK as usize..((k + 1) * CACHE_BLOCK as usize).min(run.len()));
-                cache.put(loc.blob, first + b as u64, piece.clone());
+                if memory_only {
+                    cache.put_in_memory(loc.blob, first + b as u64, piece.clone());
+                } else {
+                    cache.put(loc.blob, first + b as u64, piece.clone());
+                }
                 blocks[b] = Some(piece);
             }
             i = j;

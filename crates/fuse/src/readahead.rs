@@ -127,9 +127,18 @@ async fn covering(client: &Client, handle: FileHandle, st: &mut ReadState, offse
     Ok(layout)
 }
 
-async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64) -> FsResult<Bytes> {
+async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64, stream: bool) -> FsResult<Bytes> {
     // A large window is fetched in pieces at once, spread over the copies.
-    let pieces = (offset..offset + len).step_by(FETCH_PIECE as usize).map(|at| client.read_segments(layout, at, FETCH_PIECE.min(offset + len - at)));
+    let pieces = (offset..offset + len).step_by(FETCH_PIECE as usize).map(|at| {
+        let n = FETCH_PIECE.min(offset + len - at);
+        async move {
+            if stream {
+                client.read_segments_streaming(layout, at, n).await
+            } else {
+                client.read_segments(layout, at, n).await
+            }
+        }
+    });
     let mut segments: Vec<Bytes> = futures::future::try_join_all(pieces).await?.into_iter().flatten().collect();
     if segments.len() == 1 {
         return Ok(segments.pop().expect("one segment"));
@@ -148,11 +157,12 @@ async fn fetch_current(client: &Arc<Client>, handle: FileHandle, st: &mut ReadSt
     // A small file is fetched whole (and so cached whole) at its first read.
     let size = layout.attr.size;
     let len = if size <= whole_file { len.max(size.saturating_sub(offset)) } else { len };
-    match fetch(client, &layout, offset, len).await {
+    let stream = st.window > 0;
+    match fetch(client, &layout, offset, len, stream).await {
         Err(FsError::BlobNotFound | FsError::Corrupt(_)) if !st.pinned => {
             st.layout = None;
             let layout = covering(client, handle, st, offset, len).await?;
-            fetch(client, &layout, offset, len).await
+            fetch(client, &layout, offset, len, stream).await
         }
         other => other,
     }
@@ -234,7 +244,7 @@ pub async fn read(
     if want_more && st.file_size().is_some_and(|s| buf_end < s) {
         let layout = covering(client, handle, st, buf_end, st.window).await?;
         let (client, len) = (client.clone(), st.window);
-        let task = tokio::spawn(async move { fetch(&client, &layout, buf_end, len).await });
+        let task = tokio::spawn(async move { fetch(&client, &layout, buf_end, len, true).await });
         st.prefetch = Some(Prefetch { offset: buf_end, len, task });
     }
     Ok(match parts.len() {

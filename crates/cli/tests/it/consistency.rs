@@ -313,6 +313,31 @@ fn the_disk_block_cache_survives_a_remount_and_is_verified() {
 }
 
 #[test]
+fn a_long_stream_is_not_written_to_the_disk_cache() {
+    // With an 8 MiB disk cache, a 6 MiB file read from start to end (more than a quarter of
+    // it) stays in memory only; a 1 MiB file read the same way is kept on disk.
+    let c = TestCluster::start();
+    let args = ["--cache-disk-mib=8"];
+    let a = mount_with(&c, "a", &[], &args);
+    let (big, small) = (bytes(3, 6 << 20), bytes(4, 1 << 20));
+    std::fs::write(a.join("big"), &big).unwrap();
+    std::fs::write(a.join("small"), &small).unwrap();
+    c.must_shoal(&["umount", a.to_str().unwrap()]);
+    let a = mount_with(&c, "a", &[], &args);
+    let cache = c.path().join("cache").join(a.to_string_lossy().trim_matches('/').replace('/', "_"));
+    let on_disk = || std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum::<u64>();
+    assert_eq!(std::fs::read(a.join("big")).unwrap(), big);
+    assert_eq!(std::fs::read(a.join("small")).unwrap(), small);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while on_disk() < 1 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the small file never reached the disk cache ({} bytes)", on_disk());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(on_disk() < 2 << 20, "the long stream went to the disk cache: {} bytes there", on_disk());
+}
+
+#[test]
 fn open_snapshot_keeps_reading_the_version_it_opened() {
     let c = TestCluster::start();
     let a = mount(&c, "a", &[]);
