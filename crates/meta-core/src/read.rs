@@ -46,7 +46,7 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: Ti
             rec.symlink_target.map(MetaReply::Target).ok_or_else(|| FsError::Invalid("not a symlink".into()))
         }
         MetaOp::Readdir { dir, cookie, limit } => {
-            let (rows, eof) = listing(kv, cred, dir, *cookie, (*limit).clamp(1, READDIR_LIMIT_MAX))?;
+            let (rows, eof) = listing(kv, cred, perm::R, dir, *cookie, (*limit).clamp(1, READDIR_LIMIT_MAX))?;
             let mut entries = Vec::with_capacity(rows.len());
             for (name, cookie, entry, rec) in rows {
                 let generation = rec.map_or(0, |r| r.generation);
@@ -61,8 +61,7 @@ pub(crate) fn read_op(kv: &impl KvRead, cred: &Credentials, op: &MetaOp, now: Ti
         }
         MetaOp::ReaddirPlus { dir, cookie, limit } => {
             // What it answers is what a lookup of each name would: search permission too.
-            perm::check(&dir_of(kv, dir)?, cred, X)?;
-            let (rows, eof) = listing(kv, cred, dir, *cookie, (*limit).clamp(1, READDIR_PLUS_LIMIT_MAX))?;
+            let (rows, eof) = listing(kv, cred, perm::R | X, dir, *cookie, (*limit).clamp(1, READDIR_PLUS_LIMIT_MAX))?;
             let mut entries = Vec::with_capacity(rows.len());
             for (name, cookie, entry, rec) in rows {
                 let rec = rec.ok_or_else(|| FsError::Internal("dangling entry".into()))?;
@@ -242,12 +241,12 @@ pub fn status(kv: &impl KvRead) -> ClusterStatus {
     }
 }
 
-/// A page of directory `dir` after `cookie` (at most `limit` entries, readable by `cred`): each
-/// name with its cookie, entry and inode record, and whether the listing ends there.
+/// A page of directory `dir` after `cookie` (at most `limit` entries, `cred` holding `access`
+/// on it): each name with its cookie, entry and inode record, and whether the listing ends there.
 #[allow(clippy::type_complexity)]
-fn listing(kv: &impl KvRead, cred: &Credentials, dir: &FileHandle, cookie: u64, limit: u32) -> FsResult<(Vec<(String, u64, DirentRec, Option<InodeRec>)>, bool)> {
+fn listing(kv: &impl KvRead, cred: &Credentials, access: u32, dir: &FileHandle, cookie: u64, limit: u32) -> FsResult<(Vec<(String, u64, DirentRec, Option<InodeRec>)>, bool)> {
     let rec = dir_of(kv, dir)?;
-    perm::check(&rec, cred, perm::R)?;
+    perm::check(&rec, cred, access)?;
     let limit = limit as usize;
     let start = key::u64_u64(dir.inode.0, cookie.saturating_add(1));
     let rows = kv.scan(Table::DirCookies, &start, &key::prefix_end(dir.inode.0), limit + 1);

@@ -503,17 +503,22 @@ fn a_directory_made_by_a_mount_is_delegated_to_it_and_seen_by_another_at_once() 
         for i in 0..20 {
             std::fs::write(a.join(&d).join("sub").join(format!("f{i}")), format!("{round} {i}")).unwrap();
         }
-        let mut names: Vec<String> = std::fs::read_dir(b.join(&d).join("sub")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
         let mut want: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
         want.sort();
-        assert_eq!(names, want, "round {round}: B's listing right after A's creates");
+        assert_eq!(names_in(&b.join(&d).join("sub")), want, "round {round}: B's listing right after A's creates");
         assert_eq!(std::fs::read(b.join(&d).join("sub").join("f7")).unwrap(), format!("{round} 7").into_bytes());
         std::fs::write(b.join(&d).join("sub").join("from-b"), b"b").unwrap();
         assert_eq!(std::fs::read(a.join(&d).join("sub").join("from-b")).unwrap(), b"b", "round {round}: A sees B's file");
     }
     assert!(delegations_given_back(&c, "a") > 0, "A never held a delegation: the test proves nothing\n{}", c.logs_tail());
     assert_eq!(lease_waits(&c), 0, "every callback was acknowledged");
+}
+
+/// The names in directory `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
 }
 
 /// Kill -9 the process serving a mount, and wait until it is gone.
