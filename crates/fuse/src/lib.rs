@@ -36,7 +36,7 @@ pub const NO_TTL: Duration = Duration::ZERO;
 /// Bytes buffered per open file before they are written out.
 pub const WRITE_BUFFER_MAX: usize = 16 << 20;
 /// Separate runs buffered per open file at most (each becomes a slice of the file's layout).
-pub const WRITE_RUNS_MAX: usize = 1024;
+pub const WRITE_RUNS_MAX: usize = 4096;
 
 /// The one mapping from Shoal errors to errno.
 pub fn errno(e: &FsError) -> Errno {

@@ -6,7 +6,7 @@ use crate::records::*;
 use crate::{Command, CommandKind, Params};
 use shoal_types::attr::TimeNs;
 use shoal_types::codec;
-use shoal_types::layout::{resolve_chunk, Slice, CHUNK_SIZE};
+use shoal_types::layout::{overlay, Slice, CHUNK_SIZE};
 use shoal_types::meta_msg::*;
 use shoal_types::*;
 
@@ -882,30 +882,32 @@ impl<K: Kv> Sm<'_, K> {
         rec.size = size;
     }
 
-    /// Lay `new` over chunk `idx` and drop slices no byte of which is visible any more.
+    /// Lay `new` over chunk `idx`. The chunk keeps its flat list (`layout::overlay`): what is
+    /// visible, sorted, each piece one slice. A blob's count of references is the number of
+    /// slices naming it, so this settles the difference: the caller counted each of `new`,
+    /// a slice cut in two by a write in its middle counts twice, one no longer visible not at all.
     fn lay_slices(&mut self, ino: InodeId, idx: u64, new: &[Slice]) {
         let ckey = key::u64_u64(ino.0, idx);
-        let mut slices: Vec<Slice> = load(self.kv, Table::Chunks, &ckey).unwrap_or_default();
-        slices.extend_from_slice(new);
-        // Tag each slice with its index through a fake blob id to learn which ones stay visible.
-        let tagged: Vec<Slice> = slices
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Slice { blob: Some(BlobId(i as u64)), ..s.clone() })
-            .collect();
-        let mut visible = vec![false; slices.len()];
-        for e in resolve_chunk(&tagged, CHUNK_SIZE) {
-            if let Some(BlobId(i)) = e.blob {
-                visible[i as usize] = true;
+        let old: Vec<Slice> = load(self.kv, Table::Chunks, &ckey).unwrap_or_default();
+        let kept = overlay(&old, new, CHUNK_SIZE);
+        // Per blob: slices naming it now, less those counted already. A BTreeMap, so that the
+        // order of the updates below is the same on every replica.
+        let mut delta: std::collections::BTreeMap<BlobId, i64> = std::collections::BTreeMap::new();
+        for (list, sign) in [(&kept[..], 1), (&old[..], -1), (new, -1)] {
+            for b in list.iter().filter_map(|s| s.blob) {
+                *delta.entry(b).or_default() += sign;
             }
         }
-        let mut kept = Vec::with_capacity(slices.len());
-        for (s, vis) in slices.into_iter().zip(visible) {
-            // Holes at the very start of a list cover nothing but holes: drop them too.
-            if vis && !(s.blob.is_none() && kept.is_empty()) {
-                kept.push(s);
-            } else if !vis {
-                self.unref_blob_of(ino, s.blob);
+        for (b, d) in delta {
+            if d > 0 {
+                let bkey = key::u64(b.0);
+                if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
+                    info.refs += d as u64;
+                    store(self.kv, Table::Blobs, &bkey, &info);
+                }
+            }
+            for _ in d..0 {
+                self.unref_blob_of(ino, Some(b));
             }
         }
         if kept.len() >= crate::COMPACT_SLICES_MIN {

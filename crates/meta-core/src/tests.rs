@@ -960,3 +960,44 @@ fn create_at_with_data_creates_the_file_with_its_first_version() {
     assert!(matches!(t.op(big), Err(FsError::Invalid(_))));
     assert!(t.lookup(d.handle, "g").is_err());
 }
+
+#[test]
+fn a_slice_cut_in_two_by_a_write_keeps_its_blob_until_both_halves_are_gone() {
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    let b1 = t.must_write(f.handle, 100);
+    let stores = vec![StoreId(1), StoreId(2), StoreId(3)];
+    let mut write = |t: &mut T, offset: u64, len: u64| {
+        let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 1, bytes: len }) else { panic!() };
+        let blob = intent.blobs[0];
+        t.op(MetaOp::Commit(Commit {
+            handle: f.handle,
+            base_version: None,
+            chunks: vec![ChunkUpdate { idx: 0, slices: vec![Slice { blob: Some(blob), blob_offset: 0, offset_in_chunk: offset, len }] }],
+            size: 100,
+            mtime: 0,
+            blobs: vec![NewBlob { blob, len, crc: 0, stores: stores.clone() }],
+        }))
+        .unwrap();
+        blob
+    };
+    let layout = |t: &T| {
+        let MetaReply::Layout(layout) = t.read(MetaOp::GetLayout { handle: f.handle, first_chunk: 0, n_chunks: 1 }).unwrap() else { panic!() };
+        layout.chunks[0].1.clone()
+    };
+    // A write in the middle leaves b1 on both sides: the chunk holds three slices, flat.
+    let b2 = write(&mut t, 40, 20);
+    let slices = layout(&t);
+    assert_eq!(slices.iter().map(|s| s.blob).collect::<Vec<_>>(), vec![Some(b1), Some(b2), Some(b1)]);
+    assert_eq!((slices[2].offset_in_chunk, slices[2].blob_offset), (60, 60));
+    // Covering the head frees nothing (the tail still names b1); covering the tail frees b1.
+    write(&mut t, 0, 40);
+    assert_eq!(t.kv.len(Table::GcOrders), 0, "b1 still holds bytes 60..100");
+    write(&mut t, 60, 40);
+    assert_eq!(t.kv.len(Table::GcOrders), 3, "b1 is ordered deleted on its three holders");
+    assert_eq!(t.kv.len(Table::Blobs), 3);
+    // Removing the file frees the other three blobs once each.
+    t.op(MetaOp::Unlink { parent: ROOT, name: "f".into() }).unwrap();
+    assert_eq!((t.kv.len(Table::Blobs), t.kv.len(Table::GcOrders)), (0, 12));
+}

@@ -1,6 +1,8 @@
 //! How a file's bytes map onto blobs. A file is cut into chunks of [`CHUNK_SIZE`]; each chunk is a
 //! list of slices, later slices laid over earlier ones, so a small write changes one chunk's list
-//! and never rewrites data. The compactor replaces a long list by one slice of a new blob.
+//! and never rewrites data. The metadata service keeps each list flat ([`overlay`]): what is
+//! visible, sorted, no two slices overlapping. The compactor replaces a long list by one slice of
+//! a new blob.
 
 use crate::ids::{BlobId, StoreId};
 use serde::{Deserialize, Serialize};
@@ -43,13 +45,30 @@ pub struct Extent {
 }
 
 /// Flatten a chunk's slice list (later over earlier) into non-overlapping extents sorted by
-/// offset, clipped to `chunk_len` (the part of the chunk below the file size). Gaps are holes.
+/// offset, clipped to `chunk_len` (the part of the chunk below the file size). Gaps and holes
+/// are holes, one extent per run of zeros.
 pub fn resolve_chunk(slices: &[Slice], chunk_len: u64) -> Vec<Extent> {
-    // Extents by offset, never overlapping; each slice replaces what it covers. A commit after
-    // many small writes lays thousands of slices on one chunk: each costs a few map operations,
-    // not a pass over every extent.
-    let mut extents: std::collections::BTreeMap<u64, Extent> = std::collections::BTreeMap::new();
-    extents.insert(0, Extent { offset_in_chunk: 0, len: chunk_len, blob: None, blob_offset: 0 });
+    let mut out = Vec::new();
+    let mut at = 0;
+    for e in cover(slices, chunk_len).into_iter().filter(|e| e.blob.is_some()) {
+        if e.offset_in_chunk > at {
+            out.push(Extent { offset_in_chunk: at, len: e.offset_in_chunk - at, blob: None, blob_offset: 0 });
+        }
+        at = e.offset_in_chunk + e.len;
+        out.push(Extent { offset_in_chunk: e.offset_in_chunk, len: e.len, blob: e.blob, blob_offset: e.blob_offset });
+    }
+    if at < chunk_len {
+        out.push(Extent { offset_in_chunk: at, len: chunk_len - at, blob: None, blob_offset: 0 });
+    }
+    out
+}
+
+/// What a slice list (later over earlier) covers, as non-overlapping slices sorted by offset,
+/// clipped to `chunk_len`; hole slices stay (they hide what lies under them), gaps are left out.
+fn cover(slices: &[Slice], chunk_len: u64) -> Vec<Slice> {
+    // Each slice replaces what it covers. A commit after many small writes lays thousands of
+    // slices on one chunk: each costs a few map operations, not a pass over every extent.
+    let mut extents: std::collections::BTreeMap<u64, Slice> = std::collections::BTreeMap::new();
     let mut hit = Vec::new();
     for s in slices {
         let (s_start, s_end) = (s.offset_in_chunk.min(chunk_len), s.end_in_chunk().min(chunk_len));
@@ -58,36 +77,97 @@ pub fn resolve_chunk(slices: &[Slice], chunk_len: u64) -> Vec<Extent> {
         }
         hit.clear();
         if let Some((&k, e)) = extents.range(..=s_start).next_back() {
-            if k + e.len > s_start {
+            if e.end_in_chunk() > s_start {
                 hit.push(k);
             }
         }
         hit.extend(extents.range(s_start + 1..s_end).map(|(k, _)| *k));
         for k in &hit {
             let e = extents.remove(k).expect("an extent just found");
-            let (e_start, e_end) = (e.offset_in_chunk, e.offset_in_chunk + e.len);
-            if e_start < s_start {
-                extents.insert(e_start, Extent { len: s_start - e_start, ..e.clone() });
+            if e.offset_in_chunk < s_start {
+                extents.insert(e.offset_in_chunk, e.part(e.offset_in_chunk, s_start));
             }
-            if e_end > s_end {
-                let cut = s_end - e_start;
-                extents.insert(
-                    s_end,
-                    Extent {
-                        offset_in_chunk: s_end,
-                        len: e_end - s_end,
-                        blob: e.blob,
-                        blob_offset: if e.blob.is_some() { e.blob_offset + cut } else { 0 },
-                    },
-                );
+            if e.end_in_chunk() > s_end {
+                extents.insert(s_end, e.part(s_end, e.end_in_chunk()));
             }
         }
-        extents.insert(
-            s_start,
-            Extent { offset_in_chunk: s_start, len: s_end - s_start, blob: s.blob, blob_offset: s.blob_offset + (s_start - s.offset_in_chunk) },
-        );
+        extents.insert(s_start, s.part(s_start, s_end));
     }
     extents.into_values().collect()
+}
+
+impl Slice {
+    /// The part of this slice over `[from, to)` of the chunk (within the slice).
+    fn part(&self, from: u64, to: u64) -> Slice {
+        let blob_offset = if self.blob.is_some() { self.blob_offset + (from - self.offset_in_chunk) } else { 0 };
+        Slice { blob: self.blob, blob_offset, offset_in_chunk: from, len: to - from }
+    }
+}
+
+/// Whether a chunk's list is in the flat form that [`overlay`] keeps: sorted by offset, no two
+/// slices overlapping, no holes, nothing empty or past `chunk_len`.
+pub fn is_flat(slices: &[Slice], chunk_len: u64) -> bool {
+    let mut at = 0;
+    for s in slices {
+        if s.blob.is_none() || s.len == 0 || s.offset_in_chunk < at || s.end_in_chunk() > chunk_len {
+            return false;
+        }
+        at = s.end_in_chunk();
+    }
+    true
+}
+
+/// Lay `new` (in write order, later over earlier, holes included) over `base`, a chunk's list:
+/// the result is flat ([`is_flat`]) and resolves to the same bytes as `base` followed by `new`.
+/// A flat `base` costs one pass, so a chunk's list costs what it holds, not its history; a
+/// list in the older form (every slice ever laid, in write order) is flattened first.
+pub fn overlay(base: &[Slice], new: &[Slice], chunk_len: u64) -> Vec<Slice> {
+    let flattened;
+    let base = if is_flat(base, chunk_len) {
+        base
+    } else {
+        flattened = cover(base, chunk_len).into_iter().filter(|s| s.blob.is_some()).collect::<Vec<_>>();
+        &flattened
+    };
+    let top = cover(new, chunk_len);
+    let mut out = Vec::with_capacity(base.len() + top.len());
+    let mut rest = base.iter();
+    let mut cur = rest.next().cloned();
+    for t in &top {
+        let (t_start, t_end) = (t.offset_in_chunk, t.end_in_chunk());
+        // Base slices wholly before this one stay as they are.
+        while let Some(c) = cur.take() {
+            if c.end_in_chunk() <= t_start {
+                out.push(c);
+                cur = rest.next().cloned();
+            } else {
+                cur = Some(c);
+                break;
+            }
+        }
+        // A base slice that starts before it keeps its head.
+        if let Some(c) = cur.as_ref().filter(|c| c.offset_in_chunk < t_start) {
+            out.push(c.part(c.offset_in_chunk, t_start));
+        }
+        // Base slices under it are dropped; one that reaches past its end keeps its tail.
+        while let Some(c) = cur.take() {
+            if c.offset_in_chunk >= t_end {
+                cur = Some(c);
+                break;
+            }
+            if c.end_in_chunk() > t_end {
+                cur = Some(c.part(t_end, c.end_in_chunk()));
+                break;
+            }
+            cur = rest.next().cloned();
+        }
+        if t.blob.is_some() {
+            out.push(t.clone());
+        }
+    }
+    out.extend(cur);
+    out.extend(rest.cloned());
+    out
 }
 
 /// Redundancy policy of a file's blobs.

@@ -59,4 +59,45 @@ proptest::proptest! {
         proptest::prop_assert_eq!(expect_off, chunk_len);
         proptest::prop_assert_eq!(painted, model);
     }
+
+    /// Laying slices in batches with `overlay` gives the bytes of laying them all in order, and
+    /// keeps the list flat: what the metadata service stores for a chunk.
+    #[test]
+    fn overlay_matches_laying_everything(
+        batches in proptest::collection::vec(proptest::collection::vec((0u64..90, 1u64..32, 0u64..8, 0u8..5), 0..12), 0..8),
+        old_form in proptest::collection::vec((0u64..64, 1u64..32, 0u64..8), 0..6),
+    ) {
+        let chunk_len = 80u64;
+        // A list in the older form (overlapping, in write order) to start from.
+        let mut stored: Vec<Slice> = old_form.iter().enumerate().map(|(i, (o, l, b))| slice(100 + i as u64, *b, *o, *l)).collect();
+        let mut all = stored.clone();
+        for (n, batch) in batches.iter().enumerate() {
+            let new: Vec<Slice> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, (o, l, b, kind))| {
+                    let mut s = slice((n as u64 + 1) * 1000 + i as u64, *b, *o, *l);
+                    if *kind == 0 {
+                        s.blob = None; // a hole, as truncation lays
+                        s.blob_offset = 0;
+                    }
+                    s
+                })
+                .collect();
+            stored = overlay(&stored, &new, chunk_len);
+            all.extend(new);
+            proptest::prop_assert!(is_flat(&stored, chunk_len));
+            proptest::prop_assert_eq!(resolve_chunk(&stored, chunk_len), resolve_chunk(&all, chunk_len));
+        }
+    }
+}
+
+#[test]
+fn overlay_cuts_a_slice_around_a_write_and_drops_holes() {
+    let base = vec![slice(1, 0, 0, 100)];
+    let hole = Slice { blob: None, blob_offset: 0, offset_in_chunk: 90, len: 10 };
+    let got = overlay(&base, &[slice(2, 0, 40, 20), hole], 100);
+    assert_eq!(got, vec![slice(1, 0, 0, 40), slice(2, 0, 40, 20), slice(1, 60, 60, 30)]);
+    assert!(is_flat(&got, 100));
+    assert!(!is_flat(&[slice(1, 0, 0, 50), slice(2, 0, 40, 20)], 100), "overlapping");
 }
