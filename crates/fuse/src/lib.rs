@@ -17,7 +17,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shoal_client::Client;
-use shoal_types::meta_msg::{MetaOp, MetaReply};
+use shoal_types::meta_msg::{MetaOp, MetaReply, INLINE_BYTES_MAX};
 use shoal_types::*;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -105,6 +105,9 @@ struct OpenFile {
     /// what lets a later ftruncate through this handle skip the permission check.
     writable: bool,
     reads: readahead::ReadState,
+    /// The service holds an open record for it (released at close). A read-only open of a
+    /// small file held whole here has none.
+    recorded: bool,
     reserved: shoal_client::data::Reserved,
     /// When the oldest of `pending` was put.
     pending_since: Option<std::time::Instant>,
@@ -117,6 +120,15 @@ impl OpenFile {
         let pending = (!self.pending.is_empty()).then_some(self.pending_end);
         buffered.max(pending)
     }
+}
+
+/// Whether a layout brings every byte of its file: a small file whose blobs the metadata
+/// service holds (their bytes come with the reply), or an empty one.
+fn holds_whole(l: &shoal_types::meta_msg::Layout) -> bool {
+    let inline = |b: BlobId| l.blobs.iter().any(|loc| loc.blob == b && loc.inline.is_some());
+    l.attr.kind == FileKind::File
+        && l.attr.size <= INLINE_BYTES_MAX
+        && l.chunks.iter().all(|(idx, slices)| *idx == 0 && slices.iter().all(|s| s.blob.is_none_or(inline)))
 }
 
 /// Publish what an open file put and did not commit, in one commit.
@@ -184,7 +196,8 @@ pub const PENDING_SLICES_MAX: usize = WRITE_RUNS_MAX;
 pub struct ShoalFs {
     rt: tokio::runtime::Handle,
     client: Arc<Client>,
-    generations: Mutex<HashMap<u64, u64>>,
+    /// Per inode: its generation, and its size when last seen (`u64::MAX`: not seen).
+    generations: Mutex<HashMap<u64, (u64, u64)>>,
     open: Arc<Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>>,
     next_fh: AtomicU64,
     promises: Arc<Promises>,
@@ -296,7 +309,7 @@ fn name_of(name: &OsStr) -> Result<String, Errno> {
 impl ShoalFs {
     pub fn new(rt: tokio::runtime::Handle, client: Arc<Client>) -> ShoalFs {
         let mut generations = HashMap::new();
-        generations.insert(InodeId::ROOT.0, FileHandle::ROOT.generation.0);
+        generations.insert(InodeId::ROOT.0, (FileHandle::ROOT.generation.0, u64::MAX));
         let releases = Arc::new(Mutex::new(Vec::new()));
         ShoalFs {
             delegations: Arc::new(delegation::Delegations::new(rt.clone(), client.clone(), releases.clone())),
@@ -344,8 +357,13 @@ impl ShoalFs {
         }
     }
 
+    /// The size of `ino` when this mount last saw its attributes (`u64::MAX` if it did not).
+    fn last_size(&self, ino: u64) -> u64 {
+        self.generations.lock().expect("generations").get(&ino).map_or(u64::MAX, |g| g.1)
+    }
+
     fn handle(&self, ino: INodeNo) -> FileHandle {
-        let generation = self.generations.lock().expect("generations").get(&ino.0).copied().unwrap_or(0);
+        let generation = self.generations.lock().expect("generations").get(&ino.0).map_or(0, |g| g.0);
         FileHandle { volume: VolumeId(1), inode: InodeId(ino.0), generation: Generation_(generation) }
     }
 
@@ -378,7 +396,7 @@ impl ShoalFs {
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
-        self.generations.lock().expect("generations").insert(a.handle.inode.0, a.handle.generation.0);
+        self.generations.lock().expect("generations").insert(a.handle.inode.0, (a.handle.generation.0, a.size));
         let size = self.buffered_end(a.handle.inode.0).map_or(a.size, |end| end.max(a.size));
         FileAttr {
             ino: INodeNo(a.handle.inode.0),
@@ -527,6 +545,7 @@ impl ShoalFs {
             append,
             writable,
             reads: Default::default(),
+            recorded: true,
             reserved: Default::default(),
             pending_since: None,
         };
@@ -823,7 +842,21 @@ impl Filesystem for ShoalFs {
         // its first read needs no round trip of its own.
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
         let stamp = self.read_stamp();
-        let opened = if read_only && !self.open_snapshot {
+        // A small file whose bytes all live in the metadata comes whole with its layout, a read
+        // (no log entry): the open needs no record at the service to keep what it already holds.
+        let whole = if read_only && !self.open_snapshot && self.last_size(ino.0) <= INLINE_BYTES_MAX {
+            match self.run(self.client.meta_as(&self.cred(req), MetaOp::GetLayout { handle, first_chunk: 0, n_chunks: 1 })) {
+                Ok(MetaReply::Layout(l)) if holds_whole(&l) => Some(Ok((l.attr.clone(), Some(l)))),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        } else {
+            None
+        };
+        let recorded = whole.is_none();
+        let opened = if let Some(whole) = whole {
+            whole
+        } else if read_only && !self.open_snapshot {
             self.run(self.client.meta_as(&self.cred(req), MetaOp::OpenRead { handle })).and_then(|r| match r {
                 MetaReply::Layout(l) => Ok((l.attr.clone(), Some(l))),
                 other => attr_reply(other).map(|a| (a, None)),
@@ -834,12 +867,16 @@ impl Filesystem for ShoalFs {
         match opened {
             Ok((a, layout)) => {
                 if !self.squashed_root_may_open(req, &a, flags.0) {
-                    let _ = self.run(self.client.release(handle));
+                    if recorded {
+                        let _ = self.run(self.client.release(handle));
+                    }
                     return reply.error(Errno::EACCES);
                 }
                 let fh = self.new_fh(handle, flags.0);
                 if let (Some(layout), Ok(file)) = (layout, self.file(fuser::FileHandle(fh))) {
-                    file.lock().expect("file").reads.seed(stamp, layout);
+                    let mut f = file.lock().expect("file");
+                    f.recorded = recorded;
+                    f.reads.seed(stamp, layout, !recorded);
                 }
                 if self.open_snapshot && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
                     // Reads of this open come from the version it opened, past the page cache
@@ -1040,7 +1077,8 @@ impl Filesystem for ShoalFs {
         // The open record is released a moment later, together with others (one log entry for
         // many closes instead of one each, out of the way of the next create). A file created
         // here and not written back has none.
-        if !self.delegations.closed(handle.inode.0) {
+        let recorded = file.lock().expect("file").recorded;
+        if !self.delegations.closed(handle.inode.0) && recorded {
             self.releases.lock().expect("releases").push(handle);
         }
         match flushed {
@@ -1075,7 +1113,12 @@ impl Filesystem for ShoalFs {
             };
             for e in entries {
                 cookie = e.cookie;
-                self.generations.lock().expect("generations").insert(e.handle.inode.0, e.handle.generation.0);
+                let mut known = self.generations.lock().expect("generations");
+                let k = known.entry(e.handle.inode.0).or_insert((e.handle.generation.0, u64::MAX));
+                if k.0 != e.handle.generation.0 {
+                    *k = (e.handle.generation.0, u64::MAX);
+                }
+                drop(known);
                 if reply.add(INodeNo(e.handle.inode.0), e.cookie + 2, kind(e.kind), &e.name) {
                     return reply.ok();
                 }

@@ -52,6 +52,9 @@ pub struct ReadState {
     prefetch: Option<Prefetch>,
     /// Open-snapshot: the layout of the version opened, kept whatever commits later.
     pinned: bool,
+    /// The layout of the version opened, with every byte of the file, when the service keeps
+    /// no open record for this open: read from once the file is gone (unlinked since).
+    held: Option<Arc<Layout>>,
 }
 
 impl Drop for ReadState {
@@ -84,10 +87,15 @@ impl ReadState {
     }
 
     /// Start from the layout of the first [`LAYOUT_CHUNKS`] chunks that came with the open
-    /// ([`MetaOp::OpenRead`]), valid while `stamp` holds.
-    pub fn seed(&mut self, stamp: Stamp, layout: Layout) {
+    /// ([`MetaOp::OpenRead`]), valid while `stamp` holds. `held`: it brings every byte of the
+    /// file and no open record keeps them at the service, so it is kept for when the file is gone.
+    pub fn seed(&mut self, stamp: Stamp, layout: Layout, held: bool) {
         self.reset(stamp);
-        self.layout = Some(CachedLayout { first: 0, end: LAYOUT_CHUNKS, layout: Arc::new(layout) });
+        let layout = Arc::new(layout);
+        if held {
+            self.held = Some(layout.clone());
+        }
+        self.layout = Some(CachedLayout { first: 0, end: LAYOUT_CHUNKS, layout });
     }
 
     fn buffered(&self, offset: u64, len: u64) -> Option<Bytes> {
@@ -122,7 +130,11 @@ async fn covering(client: &Client, handle: FileHandle, st: &mut ReadState, offse
         }
     }
     let n = (last - first + 1).max(LAYOUT_CHUNKS);
-    let layout = Arc::new(layout_for(client, handle, first, n).await?);
+    let layout = match layout_for(client, handle, first, n).await {
+        // Unlinked and freed since it was opened: the bytes it opened are still here.
+        Err(FsError::Stale) if st.held.is_some() => st.held.clone().expect("held"),
+        other => Arc::new(other?),
+    };
     st.layout = Some(CachedLayout { first, end: first + n, layout: layout.clone() });
     Ok(layout)
 }

@@ -569,3 +569,44 @@ fn a_killed_holder_keeps_what_it_synced_and_frees_its_directory() {
     let out = Command::new(SHOAL).arg("umount").arg(&a).output().unwrap();
     assert!(out.status.success(), "umount of a dead mount: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_small_file_opened_for_reading_stays_readable_after_another_mount_removes_it() {
+    // A read-only open of a small file whose bytes the metadata service holds keeps no open
+    // record there: the open brings the whole file. Removed by another mount (and the inode
+    // freed), it must still read as it was opened; a larger file keeps its record and its blobs.
+    use std::os::unix::fs::FileExt;
+    let c = TestCluster::start();
+    let a = mount(&c, "a", &[]);
+    let b = mount(&c, "b", &[]);
+    for round in 0..rounds(20) {
+        let small: Vec<u8> = (0..10_000 + round * 100).map(|i| (i * 7 + round) as u8).collect();
+        let large: Vec<u8> = (0..3_000_000 + round).map(|i| (i * 13 + round) as u8).collect();
+        std::fs::write(a.join("small"), &small).unwrap();
+        std::fs::write(a.join("large"), &large).unwrap();
+        // B sees both (its lookups learn their sizes), opens them and reads a little.
+        assert_eq!(std::fs::metadata(b.join("small")).unwrap().len(), small.len() as u64);
+        // O_DIRECT: every read reaches B's mount, past the kernel's page cache.
+        let open = |name: &str| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(b.join(name)).unwrap()
+        };
+        let (fs, fl) = (open("small"), open("large"));
+        let mut head = [0u8; 100];
+        fs.read_exact_at(&mut head, 0).unwrap();
+        fl.read_exact_at(&mut head, 0).unwrap();
+        // A removes both and puts other bytes under the same names; its removals return once
+        // B's kernel caches for them were called back, so B's next reads reach its mount.
+        std::fs::remove_file(a.join("small")).unwrap();
+        std::fs::remove_file(a.join("large")).unwrap();
+        std::fs::write(a.join("small"), b"another file").unwrap();
+        std::fs::write(a.join("large"), b"another file").unwrap();
+        for (f, want, what) in [(&fs, &small, "small"), (&fl, &large, "large")] {
+            let mut got = vec![0u8; want.len()];
+            f.read_exact_at(&mut got, 0).unwrap_or_else(|e| panic!("round {round}: reading the removed {what} file: {e}"));
+            assert!(got == *want, "round {round}: the removed {what} file does not read as it was opened");
+        }
+        drop((fs, fl));
+        assert_eq!(std::fs::read(b.join("small")).unwrap(), b"another file", "round {round}");
+    }
+}
