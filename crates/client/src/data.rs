@@ -86,6 +86,22 @@ pub fn inline_bytes(written: &[Written]) -> u64 {
     written.iter().filter(|w| seen.insert(w.blob.blob)).filter_map(|w| w.inline.as_ref()).map(|d| d.len() as u64).sum()
 }
 
+/// The slices of blob `nb` that carries `pieces` (file offset, length) one after another; a
+/// piece never crosses a chunk boundary in the layout, so it is split there.
+fn pieces_of(nb: &NewBlob, pieces: impl Iterator<Item = (u64, u64)>, inline: Option<Bytes>) -> Vec<Written> {
+    let mut written = Vec::new();
+    let mut at = 0u64;
+    for (offset, len) in pieces {
+        let (mut file_offset, mut left) = (offset, len);
+        while left > 0 {
+            let n = left.min(CHUNK_SIZE - file_offset % CHUNK_SIZE);
+            written.push(Written { blob: nb.clone(), file_offset, blob_offset: at, len: n, inline: inline.clone() });
+            (file_offset, at, left) = (file_offset + n, at + n, left - n);
+        }
+    }
+    written
+}
+
 impl Written {
     /// The whole of `blob`, at `file_offset`.
     fn whole(blob: NewBlob, file_offset: u64) -> Written {
@@ -269,7 +285,7 @@ impl Client {
 
     /// The next reserved blob id for `handle` and its intent, reserving more (for blobs of about
     /// `bytes`) when none is left.
-    async fn next_blob(&self, handle: FileHandle, reserved: &mut Reserved, bytes: u64) -> FsResult<(BlobId, Intent)> {
+    pub async fn next_blob(&self, handle: FileHandle, reserved: &mut Reserved, bytes: u64) -> FsResult<(BlobId, Intent)> {
         if let Some(x) = reserved.take(handle) {
             return Ok(x);
         }
@@ -305,18 +321,32 @@ impl Client {
         let data = Bytes::from(data);
         let (stores, inline) = if inline { (Vec::new(), Some(data)) } else { (self.put_blob(&intent, blob, data, crc).await?, None) };
         let nb = NewBlob { blob, len: total as u64, crc, stores };
-        let mut written = Vec::new();
-        let mut at = 0u64;
-        for (offset, d) in pieces {
-            // A piece never crosses a chunk boundary in the layout: split it there.
-            let (mut file_offset, mut left) = (*offset, d.len() as u64);
-            while left > 0 {
-                let n = left.min(CHUNK_SIZE - file_offset % CHUNK_SIZE);
-                written.push(Written { blob: nb.clone(), file_offset, blob_offset: at, len: n, inline: inline.clone() });
-                (file_offset, at, left) = (file_offset + n, at + n, left - n);
-            }
+        Ok(pieces_of(&nb, pieces.iter().map(|(o, d)| (*o, d.len() as u64)), inline))
+    }
+
+    /// Put `runs` (file offset, bytes; in write order) as blob `blob` of `intent`, taken by
+    /// [`Client::next_blob`], without committing: what a writer runs in the background while
+    /// it goes on buffering. Their bytes together must fit in one blob ([`BLOB_BYTES`]); one run
+    /// is sent as it is, without a copy.
+    pub async fn put_runs(self: Arc<Self>, blob: BlobId, intent: Intent, runs: Vec<(u64, Bytes)>) -> FsResult<Vec<Written>> {
+        let total: usize = runs.iter().map(|(_, d)| d.len()).sum();
+        if total as u64 > BLOB_BYTES {
+            return Err(FsError::Invalid(format!("{total} bytes of runs exceed one blob")));
         }
-        Ok(written)
+        let data = match &runs[..] {
+            [(_, d)] => d.clone(),
+            _ => {
+                let mut data = Vec::with_capacity(total);
+                for (_, d) in &runs {
+                    data.extend_from_slice(d);
+                }
+                Bytes::from(data)
+            }
+        };
+        let crc = crc32c::crc32c(&data);
+        let stores = self.put_blob(&intent, blob, data, crc).await?;
+        let nb = NewBlob { blob, len: total as u64, crc, stores };
+        Ok(pieces_of(&nb, runs.iter().map(|(o, d)| (*o, d.len() as u64)), None))
     }
 
     /// Commit blobs put by [`Client::put_at`], in the order they were written (a later write

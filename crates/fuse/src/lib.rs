@@ -111,15 +111,74 @@ struct OpenFile {
     reserved: shoal_client::data::Reserved,
     /// When the oldest of `pending` was put.
     pending_since: Option<std::time::Instant>,
+    /// Full buffers being put in the background, oldest first: they join `pending` in this
+    /// order, before anything is committed.
+    in_flight: std::collections::VecDeque<InFlight>,
 }
+
+/// A full write buffer being put as one blob while the writer goes on.
+struct InFlight {
+    runs: Vec<(u64, bytes::Bytes)>,
+    end: u64,
+    /// `None` once it failed: put again, in its turn, by the next flush.
+    task: Option<tokio::task::JoinHandle<FsResult<Vec<shoal_client::data::Written>>>>,
+}
+
+/// Puts of full buffers an open file may have running at once (the writer waits for the
+/// oldest beyond this: memory stays bounded at this many buffers per file, plus one).
+pub const PUTS_IN_FLIGHT_MAX: usize = 2;
 
 impl OpenFile {
     /// End of what this open file wrote and did not commit.
     fn uncommitted_end(&self) -> Option<u64> {
         let buffered = self.buf.as_ref().and_then(WriteBuf::end);
         let pending = (!self.pending.is_empty()).then_some(self.pending_end);
-        buffered.max(pending)
+        let in_flight = self.in_flight.iter().map(|p| p.end).max();
+        buffered.max(pending).max(in_flight)
     }
+
+    /// Nothing put and not committed, here or in the background.
+    fn nothing_put(&self) -> bool {
+        self.pending.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+/// Wait for the oldest `keep`-exceeding puts running in the background and add what they wrote
+/// to `pending`, in order. A put that failed is tried again here, with a new blob; if that fails
+/// too, it stays first in line and the error is returned.
+fn land_puts(rt: &tokio::runtime::Handle, client: &Arc<Client>, f: &mut OpenFile, keep: usize) -> Result<(), Errno> {
+    while f.in_flight.len() > keep {
+        let p = f.in_flight.front_mut().expect("one in flight");
+        let first = match p.task.take() {
+            Some(task) => rt.block_on(task).unwrap_or_else(|e| Err(FsError::Internal(e.to_string()))),
+            None => Err(FsError::Internal("an earlier attempt failed".into())),
+        };
+        let written = match first {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                tracing::debug!(inode = f.handle.inode.0, "a background put failed ({e}); trying again");
+                let (handle, runs) = (f.handle, p.runs.clone());
+                let bytes = runs.iter().map(|(_, d)| d.len() as u64).sum();
+                rt.block_on(async {
+                    let (blob, intent) = client.next_blob(handle, &mut f.reserved, bytes).await?;
+                    client.clone().put_runs(blob, intent, runs).await
+                })
+            }
+        };
+        match written {
+            Ok(w) => {
+                let p = f.in_flight.pop_front().expect("one in flight");
+                f.pending_end = f.pending_end.max(p.end);
+                f.pending.extend(w);
+                f.pending_since.get_or_insert_with(std::time::Instant::now);
+            }
+            Err(e) => {
+                tracing::warn!(inode = f.handle.inode.0, "a write could not be put: {e}");
+                return Err(errno(&e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a layout brings every byte of its file: a small file whose blobs the metadata
@@ -132,7 +191,8 @@ fn holds_whole(l: &shoal_types::meta_msg::Layout) -> bool {
 }
 
 /// Publish what an open file put and did not commit, in one commit.
-fn commit_pending(rt: &tokio::runtime::Handle, client: &Client, local_changes: &AtomicU64, f: &mut OpenFile) -> Result<(), Errno> {
+fn commit_pending(rt: &tokio::runtime::Handle, client: &Arc<Client>, local_changes: &AtomicU64, f: &mut OpenFile) -> Result<(), Errno> {
+    land_puts(rt, client, f, 0)?;
     if !f.pending.is_empty() {
         let committed = rt.block_on(client.commit_at(f.handle, f.pending.clone(), f.pending_end));
         local_changes.fetch_add(1, Ordering::AcqRel);
@@ -442,8 +502,31 @@ impl ShoalFs {
         self.open.lock().expect("open").get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    /// Put what an open file buffered (without committing it).
+    /// Put a full buffer in the background and go on (waiting for the oldest put beyond
+    /// [`PUTS_IN_FLIGHT_MAX`]). A file still waiting here to be written back is put at once.
+    fn start_put(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        if self.delegations.is_pending(f.handle.inode.0) {
+            return self.put_buffer(f);
+        }
+        let Some(buf) = f.buf.take().filter(|b| !b.runs.is_empty()) else { return Ok(()) };
+        let (end, bytes) = (buf.end().unwrap_or(0), buf.bytes as u64);
+        let (blob, intent) = match self.run(self.client.next_blob(f.handle, &mut f.reserved, bytes)) {
+            Ok(x) => x,
+            Err(e) => {
+                f.buf = Some(buf);
+                return Err(e);
+            }
+        };
+        let runs: Vec<(u64, bytes::Bytes)> = buf.runs.into_iter().map(|(o, d)| (o, bytes::Bytes::from(d))).collect();
+        let task = self.rt.spawn(self.client.clone().put_runs(blob, intent, runs.clone()));
+        f.in_flight.push_back(InFlight { runs, end, task: Some(task) });
+        land_puts(&self.rt, &self.client, f, PUTS_IN_FLIGHT_MAX)?;
+        self.commit_if_long(f)
+    }
+
+    /// Put what an open file buffered (without committing it), after what is being put.
     fn put_buffer(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        land_puts(&self.rt, &self.client, f, 0)?;
         if f.buf.as_ref().is_some_and(|b| !b.runs.is_empty()) && self.delegations.is_pending(f.handle.inode.0) {
             // Created here under a delegation: written back first, with an intent for its data.
             if let Some(intent) = self.delegations.write_back(None, Some(f.handle.inode.0)) {
@@ -467,6 +550,11 @@ impl ShoalFs {
             f.pending.extend(written);
             f.pending_since.get_or_insert_with(std::time::Instant::now);
         }
+        self.commit_if_long(f)
+    }
+
+    /// Commit what was put once it is long enough.
+    fn commit_if_long(&self, f: &mut OpenFile) -> Result<(), Errno> {
         // Bounded in blobs (intents expire; a blob's pieces are adjacent) and in slices (a
         // commit lays each on its chunk).
         let blobs = f.pending.chunk_by(|a, b| a.blob.blob == b.blob.blob).count();
@@ -507,9 +595,12 @@ impl ShoalFs {
     /// follows).
     fn write_back_small(&self, f: &mut OpenFile) -> Result<bool, Errno> {
         let ino = f.handle.inode.0;
+        if !f.nothing_put() {
+            return Ok(false);
+        }
         let Some(buf) = f.buf.as_mut() else { return Ok(false) };
         let small = buf.runs.len() == 1 && buf.runs[0].0 == 0 && buf.bytes as u64 <= self.inline_bytes;
-        if !small || !f.pending.is_empty() {
+        if !small {
             return Ok(false);
         }
         if let Err(data) = self.delegations.hold_data(ino, std::mem::take(&mut buf.runs[0].1)) {
@@ -548,6 +639,7 @@ impl ShoalFs {
             recorded: true,
             reserved: Default::default(),
             pending_since: None,
+            in_flight: Default::default(),
         };
         self.open.lock().expect("open").insert(fh, Arc::new(Mutex::new(file)));
         fh
@@ -1020,7 +1112,7 @@ impl Filesystem for ShoalFs {
         {
             let mut f = file.lock().expect("file");
             if f.buf.as_ref().is_some_and(|b| !b.fits(offset, data.len())) {
-                if let Err(e) = self.put_buffer(&mut f) {
+                if let Err(e) = self.start_put(&mut f) {
                     return reply.error(e);
                 }
             }
