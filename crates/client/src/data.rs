@@ -501,6 +501,8 @@ impl Client {
         }
         let (first, last) = (offset / CACHE_BLOCK, (offset + len - 1) / CACHE_BLOCK);
         let mut blocks: Vec<Option<Bytes>> = (first..=last).map(|b| cache.get(loc.blob, b)).collect();
+        // Fetched in one run (a cold read): the answer is a slice of it, not a copy.
+        let mut one_run = None;
         let mut i = 0;
         while i < blocks.len() {
             if blocks[i].is_some() {
@@ -523,9 +525,15 @@ impl Client {
                 }
                 blocks[b] = Some(piece);
             }
+            if i == 0 && j == blocks.len() {
+                one_run = Some(run);
+            }
             i = j;
         }
         let skip = (offset - first * CACHE_BLOCK) as usize;
+        if let Some(run) = one_run.filter(|r| r.len() >= skip + len as usize) {
+            return Ok(run.slice(skip..skip + len as usize));
+        }
         let whole = if blocks.len() == 1 {
             blocks.pop().flatten().expect("filled")
         } else {

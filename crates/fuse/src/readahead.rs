@@ -38,15 +38,46 @@ struct CachedLayout {
 struct Prefetch {
     offset: u64,
     len: u64,
-    task: JoinHandle<FsResult<Bytes>>,
+    task: JoinHandle<FsResult<Vec<Bytes>>>,
+}
+
+/// Bytes of a file from `start` on, in the pieces they were fetched in (never copied into
+/// one buffer).
+#[derive(Default)]
+struct Run {
+    start: u64,
+    parts: Vec<Bytes>,
+}
+
+impl Run {
+    fn end(&self) -> u64 {
+        self.start + self.parts.iter().map(|p| p.len() as u64).sum::<u64>()
+    }
+
+    /// Up to `len` bytes at `offset`, as far as the piece holding `offset` goes.
+    fn get(&self, offset: u64, len: u64) -> Option<Bytes> {
+        let mut at = self.start;
+        if offset < at {
+            return None;
+        }
+        for p in &self.parts {
+            let end = at + p.len() as u64;
+            if offset < end {
+                let from = (offset - at) as usize;
+                let to = (offset + len).min(end) - at;
+                return Some(p.slice(from..to as usize));
+            }
+            at = end;
+        }
+        None
+    }
 }
 
 #[derive(Default)]
 pub struct ReadState {
     stamp: Stamp,
     layout: Option<CachedLayout>,
-    buf_offset: u64,
-    buf: Bytes,
+    buf: Run,
     next: u64,
     window: u64,
     prefetch: Option<Prefetch>,
@@ -72,8 +103,7 @@ impl ReadState {
         }
         self.stamp = stamp;
         self.layout = None;
-        self.buf = Bytes::new();
-        self.buf_offset = 0;
+        self.buf = Run::default();
         self.window = 0;
     }
 
@@ -99,13 +129,7 @@ impl ReadState {
     }
 
     fn buffered(&self, offset: u64, len: u64) -> Option<Bytes> {
-        let end = self.buf_offset + self.buf.len() as u64;
-        if offset < self.buf_offset || offset >= end {
-            return None;
-        }
-        let start = (offset - self.buf_offset) as usize;
-        let stop = (offset + len).min(end) - self.buf_offset;
-        Some(self.buf.slice(start..stop as usize))
+        self.buf.get(offset, len)
     }
 
     fn file_size(&self) -> Option<u64> {
@@ -139,7 +163,7 @@ async fn covering(client: &Client, handle: FileHandle, st: &mut ReadState, offse
     Ok(layout)
 }
 
-async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64, stream: bool) -> FsResult<Bytes> {
+async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64, stream: bool) -> FsResult<Vec<Bytes>> {
     // A large window is fetched in pieces at once, spread over the copies.
     let pieces = (offset..offset + len).step_by(FETCH_PIECE as usize).map(|at| {
         let n = FETCH_PIECE.min(offset + len - at);
@@ -151,20 +175,27 @@ async fn fetch(client: &Client, layout: &Layout, offset: u64, len: u64, stream: 
             }
         }
     });
-    let mut segments: Vec<Bytes> = futures::future::try_join_all(pieces).await?.into_iter().flatten().collect();
-    if segments.len() == 1 {
-        return Ok(segments.pop().expect("one segment"));
+    Ok(futures::future::try_join_all(pieces).await?.into_iter().flatten().collect())
+}
+
+/// Pieces as one buffer (a copy only when there are several).
+fn joined(mut parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                out.extend_from_slice(p);
+            }
+            out.freeze()
+        }
     }
-    let mut out = BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
-    for s in &segments {
-        out.extend_from_slice(s);
-    }
-    Ok(out.freeze())
 }
 
 /// `[offset, offset + len)` (a small file whole, up to `whole_file` bytes) through the cached
 /// layout, fetched again if a blob it names is gone (garbage collected after a commit).
-async fn fetch_current(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64, whole_file: u64) -> FsResult<Bytes> {
+async fn fetch_current(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, offset: u64, len: u64, whole_file: u64) -> FsResult<Vec<Bytes>> {
     let layout = covering(client, handle, st, offset, len).await?;
     // A small file is fetched whole (and so cached whole) at its first read.
     let size = layout.attr.size;
@@ -203,12 +234,10 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
         }
         None => None,
     };
-    let (start, buf) = match prefetched {
-        Some((start, b)) if start + b.len() as u64 > offset => (start, b),
-        _ => (offset, fetch_current(client, handle, st, offset, len, whole_file).await?),
+    st.buf = match prefetched {
+        Some((start, parts)) if start + parts.iter().map(|p| p.len() as u64).sum::<u64>() > offset => Run { start, parts },
+        _ => Run { start: offset, parts: fetch_current(client, handle, st, offset, len, whole_file).await? },
     };
-    st.buf_offset = start;
-    st.buf = buf;
     Ok(())
 }
 
@@ -230,10 +259,10 @@ pub async fn read(
     // a large read near the furthest point read so far continues the stream.
     let sequential = offset == st.next || (size >= STREAM_REQUEST_MIN && offset.abs_diff(st.next) <= STREAM_SLACK);
     st.window = if sequential { (st.window * 2).clamp(READAHEAD_MIN, READAHEAD_MAX) } else { 0 };
-    if sequential && offset < st.buf_offset {
+    if sequential && offset < st.buf.start {
         // Behind the stream's buffer (sent earlier, served later): on its own, from the block
         // cache where the stream has been, leaving the stream as it is.
-        return fetch_current(client, handle, st, offset, size, 0).await;
+        return fetch_current(client, handle, st, offset, size, 0).await.map(joined);
     }
     st.next = if sequential { st.next.max(offset + size) } else { offset + size };
     let end = offset + size;
@@ -246,12 +275,12 @@ pub async fn read(
             continue;
         }
         refill(client, handle, st, pos, (end - pos).max(st.window), whole_file).await?;
-        if st.buf.is_empty() {
+        if st.buf.end() <= pos {
             break; // The end of the file.
         }
     }
     // Start fetching the next window while the kernel consumes this one.
-    let buf_end = st.buf_offset + st.buf.len() as u64;
+    let buf_end = st.buf.end();
     let want_more = st.window > 0 && st.prefetch.is_none() && buf_end.saturating_sub(end) <= st.window;
     if want_more && st.file_size().is_some_and(|s| buf_end < s) {
         let layout = covering(client, handle, st, buf_end, st.window).await?;
@@ -259,15 +288,5 @@ pub async fn read(
         let task = tokio::spawn(async move { fetch(&client, &layout, buf_end, len, true).await });
         st.prefetch = Some(Prefetch { offset: buf_end, len, task });
     }
-    Ok(match parts.len() {
-        0 => Bytes::new(),
-        1 => parts.pop().expect("one part"),
-        _ => {
-            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-            for p in &parts {
-                out.extend_from_slice(p);
-            }
-            out.freeze()
-        }
-    })
+    Ok(joined(parts))
 }
