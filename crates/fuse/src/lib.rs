@@ -181,15 +181,6 @@ fn land_puts(rt: &tokio::runtime::Handle, client: &Arc<Client>, f: &mut OpenFile
     Ok(())
 }
 
-/// Whether a layout brings every byte of its file: a small file whose blobs the metadata
-/// service holds (their bytes come with the reply), or an empty one.
-fn holds_whole(l: &shoal_types::meta_msg::Layout) -> bool {
-    let inline = |b: BlobId| l.blobs.iter().any(|loc| loc.blob == b && loc.inline.is_some());
-    l.attr.kind == FileKind::File
-        && l.attr.size <= INLINE_BYTES_MAX
-        && l.chunks.iter().all(|(idx, slices)| *idx == 0 && slices.iter().all(|s| s.blob.is_none_or(inline)))
-}
-
 /// Publish what an open file put and did not commit, in one commit.
 fn commit_pending(rt: &tokio::runtime::Handle, client: &Arc<Client>, local_changes: &AtomicU64, f: &mut OpenFile) -> Result<(), Errno> {
     land_puts(rt, client, f, 0)?;
@@ -202,8 +193,8 @@ fn commit_pending(rt: &tokio::runtime::Handle, client: &Arc<Client>, local_chang
         })?;
         f.pending.clear();
         f.pending_end = 0;
-        f.pending_since = None;
     }
+    f.pending_since = None;
     Ok(())
 }
 
@@ -508,6 +499,9 @@ impl ShoalFs {
         if self.delegations.is_pending(f.handle.inode.0) {
             return self.put_buffer(f);
         }
+        // Room for one more first: while puts fail, the writer gets the error and the buffer
+        // stays, so memory stays bounded.
+        land_puts(&self.rt, &self.client, f, PUTS_IN_FLIGHT_MAX - 1)?;
         let Some(buf) = f.buf.take().filter(|b| !b.runs.is_empty()) else { return Ok(()) };
         let (end, bytes) = (buf.end().unwrap_or(0), buf.bytes as u64);
         let (blob, intent) = match self.run(self.client.next_blob(f.handle, &mut f.reserved, bytes)) {
@@ -520,7 +514,9 @@ impl ShoalFs {
         let runs: Vec<(u64, bytes::Bytes)> = buf.runs.into_iter().map(|(o, d)| (o, bytes::Bytes::from(d))).collect();
         let task = self.rt.spawn(self.client.clone().put_runs(blob, intent, runs.clone()));
         f.in_flight.push_back(InFlight { runs, end, task: Some(task) });
-        land_puts(&self.rt, &self.client, f, PUTS_IN_FLIGHT_MAX)?;
+        // Its blob's intent runs out: the old-writes thread commits it in time, as it does
+        // what was put in the foreground.
+        f.pending_since.get_or_insert_with(std::time::Instant::now);
         self.commit_if_long(f)
     }
 
@@ -938,7 +934,7 @@ impl Filesystem for ShoalFs {
         // (no log entry): the open needs no record at the service to keep what it already holds.
         let whole = if read_only && !self.open_snapshot && self.last_size(ino.0) <= INLINE_BYTES_MAX {
             match self.run(self.client.meta_as(&self.cred(req), MetaOp::GetLayout { handle, first_chunk: 0, n_chunks: 1 })) {
-                Ok(MetaReply::Layout(l)) if holds_whole(&l) => Some(Ok((l.attr.clone(), Some(l)))),
+                Ok(MetaReply::Layout(l)) if readahead::holds_whole(&l) => Some(Ok((l.attr.clone(), Some(l)))),
                 Ok(_) => None,
                 Err(e) => Some(Err(e)),
             }
@@ -1169,7 +1165,10 @@ impl Filesystem for ShoalFs {
         // The open record is released a moment later, together with others (one log entry for
         // many closes instead of one each, out of the way of the next create). A file created
         // here and not written back has none.
-        let recorded = file.lock().expect("file").recorded;
+        let recorded = {
+            let f = file.lock().expect("file");
+            f.recorded || f.reads.recorded_late()
+        };
         if !self.delegations.closed(handle.inode.0) && recorded {
             self.releases.lock().expect("releases").push(handle);
         }

@@ -86,6 +86,8 @@ pub struct ReadState {
     /// The layout of the version opened, with every byte of the file, when the service keeps
     /// no open record for this open: read from once the file is gone (unlinked since).
     held: Option<Arc<Layout>>,
+    /// Opened with no record, which it took later (the file outgrew what a reply brings whole).
+    recorded_late: bool,
 }
 
 impl Drop for ReadState {
@@ -132,9 +134,24 @@ impl ReadState {
         self.buf.get(offset, len)
     }
 
+    /// Whether this open took a record at the service after it was opened without one (it is
+    /// then released at close like any other).
+    pub fn recorded_late(&self) -> bool {
+        self.recorded_late
+    }
+
     fn file_size(&self) -> Option<u64> {
         self.layout.as_ref().map(|l| l.layout.attr.size)
     }
+}
+
+/// Whether a layout brings every byte of its file: a small file whose blobs the metadata
+/// service holds (their bytes come with the reply), or an empty one.
+pub fn holds_whole(l: &Layout) -> bool {
+    let inline = |b: BlobId| l.blobs.iter().any(|loc| loc.blob == b && loc.inline.is_some());
+    l.attr.kind == FileKind::File
+        && l.attr.size <= shoal_types::meta_msg::INLINE_BYTES_MAX
+        && l.chunks.iter().all(|(idx, slices)| *idx == 0 && slices.iter().all(|s| s.blob.is_none_or(inline)))
 }
 
 async fn layout_for(client: &Client, handle: FileHandle, first: u64, n: u64) -> FsResult<Layout> {
@@ -155,8 +172,28 @@ async fn covering(client: &Client, handle: FileHandle, st: &mut ReadState, offse
     }
     let n = (last - first + 1).max(LAYOUT_CHUNKS);
     let layout = match layout_for(client, handle, first, n).await {
-        // Unlinked and freed since it was opened: the bytes it opened are still here.
+        // Unlinked and freed since it was opened: the bytes it last read from are still here.
         Err(FsError::Stale) if st.held.is_some() => st.held.clone().expect("held"),
+        // An open with no record at the service reads a newer version only if that too comes
+        // whole; a version on storage servers needs the record first (nothing would keep its
+        // blobs), and the file gone meanwhile reads as last held, never a mix.
+        Ok(l) if st.held.is_some() => {
+            if holds_whole(&l) {
+                let l = Arc::new(l);
+                st.held = Some(l.clone());
+                l
+            } else {
+                match client.meta(MetaOp::OpenRead { handle }).await {
+                    Ok(_) => {
+                        st.held = None;
+                        st.recorded_late = true;
+                        Arc::new(layout_for(client, handle, first, n).await?)
+                    }
+                    Err(FsError::Stale) => st.held.clone().expect("held"),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         other => Arc::new(other?),
     };
     st.layout = Some(CachedLayout { first, end: first + n, layout: layout.clone() });

@@ -1237,16 +1237,19 @@ impl<K: Kv> Sm<'_, K> {
             }
             self.publish_blob(nb, &intent, 0);
         }
-        for u in &c.chunks {
-            for s in &u.slices {
-                if let Some(b) = s.blob {
-                    let bkey = key::u64(b.0);
-                    if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
-                        info.refs += 1;
-                        store(self.kv, Table::Blobs, &bkey, &info);
-                    }
+        // Every new slice counts before any chunk is laid: a blob whose slices in one chunk
+        // are all hidden by later ones of this commit must not be freed while another chunk
+        // still takes slices of it.
+        for s in c.chunks.iter().flat_map(|u| &u.slices) {
+            if let Some(b) = s.blob {
+                let bkey = key::u64(b.0);
+                if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
+                    info.refs += 1;
+                    store(self.kv, Table::Blobs, &bkey, &info);
                 }
             }
+        }
+        for u in &c.chunks {
             self.lay_slices(c.handle.inode, u.idx, &u.slices);
         }
         // A blob committed but referenced by no slice is garbage at once.

@@ -1001,3 +1001,36 @@ fn a_slice_cut_in_two_by_a_write_keeps_its_blob_until_both_halves_are_gone() {
     t.op(MetaOp::Unlink { parent: ROOT, name: "f".into() }).unwrap();
     assert_eq!((t.kv.len(Table::Blobs), t.kv.len(Table::GcOrders)), (0, 12));
 }
+
+#[test]
+fn a_blob_hidden_in_one_chunk_by_the_same_commit_stays_for_its_other_chunk() {
+    // One commit: blob X over the end of chunk 0 and the start of chunk 1, then blob Y over
+    // X's part in chunk 0. X loses every slice in chunk 0 but keeps one in chunk 1.
+    let mut t = T::new();
+    t.must_add_stores(3);
+    let f = t.must_create(ROOT, "f");
+    let Ok(MetaReply::Intent(intent)) = t.op(MetaOp::AllocBlobs { handle: f.handle, count: 2, bytes: 20 }) else { panic!() };
+    let (x, y) = (intent.blobs[0], intent.blobs[1]);
+    let stores = vec![StoreId(1), StoreId(2), StoreId(3)];
+    let at = CHUNK_SIZE - 10;
+    t.op(MetaOp::Commit(Commit {
+        handle: f.handle,
+        base_version: None,
+        chunks: vec![
+            ChunkUpdate {
+                idx: 0,
+                slices: vec![
+                    Slice { blob: Some(x), blob_offset: 0, offset_in_chunk: at, len: 10 },
+                    Slice { blob: Some(y), blob_offset: 0, offset_in_chunk: at, len: 10 },
+                ],
+            },
+            ChunkUpdate { idx: 1, slices: vec![Slice { blob: Some(x), blob_offset: 10, offset_in_chunk: 0, len: 10 }] },
+        ],
+        size: CHUNK_SIZE + 10,
+        mtime: 0,
+        blobs: vec![NewBlob { blob: x, len: 20, crc: 0, stores: stores.clone() }, NewBlob { blob: y, len: 10, crc: 0, stores }],
+    }))
+    .unwrap();
+    assert_eq!(t.kv.len(Table::GcOrders), 0, "X still holds chunk 1's first bytes");
+    assert_eq!(t.kv.len(Table::Blobs), 2);
+}

@@ -608,5 +608,18 @@ fn a_small_file_opened_for_reading_stays_readable_after_another_mount_removes_it
         }
         drop((fs, fl));
         assert_eq!(std::fs::read(b.join("small")).unwrap(), b"another file", "round {round}");
+        // Opened small, then grown by A onto storage servers: B reads the new version (its
+        // open takes a record then), and that version stays readable once A removes the file.
+        std::fs::write(a.join("grows"), &small).unwrap();
+        let fg = open("grows");
+        fg.read_exact_at(&mut head, 0).unwrap();
+        std::fs::write(a.join("grows"), &large).unwrap();
+        let mut got = vec![0u8; 200_000];
+        fg.read_exact_at(&mut got, 0).unwrap();
+        assert!(got[..] == large[..200_000], "round {round}: the grown file does not read as A wrote it");
+        std::fs::remove_file(a.join("grows")).unwrap();
+        let mut got = vec![0u8; large.len()];
+        fg.read_exact_at(&mut got, 0).unwrap_or_else(|e| panic!("round {round}: reading the grown file after its removal: {e}"));
+        assert!(got == large, "round {round}: the grown and removed file does not read as its last version");
     }
 }
