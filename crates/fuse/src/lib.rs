@@ -105,9 +105,6 @@ struct OpenFile {
     /// what lets a later ftruncate through this handle skip the permission check.
     writable: bool,
     reads: readahead::ReadState,
-    /// The service holds an open record for it (released at close). A read-only open of a
-    /// small file held whole here has none.
-    recorded: bool,
     reserved: shoal_client::data::Reserved,
     /// When the oldest of `pending` was put.
     pending_since: Option<std::time::Instant>,
@@ -632,7 +629,6 @@ impl ShoalFs {
             append,
             writable,
             reads: Default::default(),
-            recorded: true,
             reserved: Default::default(),
             pending_since: None,
             in_flight: Default::default(),
@@ -962,9 +958,7 @@ impl Filesystem for ShoalFs {
                 }
                 let fh = self.new_fh(handle, flags.0);
                 if let (Some(layout), Ok(file)) = (layout, self.file(fuser::FileHandle(fh))) {
-                    let mut f = file.lock().expect("file");
-                    f.recorded = recorded;
-                    f.reads.seed(stamp, layout, !recorded);
+                    file.lock().expect("file").reads.seed(stamp, layout, !recorded);
                 }
                 if self.open_snapshot && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
                     // Reads of this open come from the version it opened, past the page cache
@@ -1165,10 +1159,7 @@ impl Filesystem for ShoalFs {
         // The open record is released a moment later, together with others (one log entry for
         // many closes instead of one each, out of the way of the next create). A file created
         // here and not written back has none.
-        let recorded = {
-            let f = file.lock().expect("file");
-            f.recorded || f.reads.recorded_late()
-        };
+        let recorded = file.lock().expect("file").reads.recorded();
         if !self.delegations.closed(handle.inode.0) && recorded {
             self.releases.lock().expect("releases").push(handle);
         }

@@ -86,8 +86,6 @@ pub struct ReadState {
     /// The layout of the version opened, with every byte of the file, when the service keeps
     /// no open record for this open: read from once the file is gone (unlinked since).
     held: Option<Arc<Layout>>,
-    /// Opened with no record, which it took later (the file outgrew what a reply brings whole).
-    recorded_late: bool,
 }
 
 impl Drop for ReadState {
@@ -134,10 +132,10 @@ impl ReadState {
         self.buf.get(offset, len)
     }
 
-    /// Whether this open took a record at the service after it was opened without one (it is
-    /// then released at close like any other).
-    pub fn recorded_late(&self) -> bool {
-        self.recorded_late
+    /// Whether the service holds an open record for this open (released at close): every open
+    /// but one seeded with `held`, until it takes its record later.
+    pub fn recorded(&self) -> bool {
+        self.held.is_none()
     }
 
     fn file_size(&self) -> Option<u64> {
@@ -186,7 +184,6 @@ async fn covering(client: &Client, handle: FileHandle, st: &mut ReadState, offse
                 match client.meta(MetaOp::OpenRead { handle }).await {
                     Ok(_) => {
                         st.held = None;
-                        st.recorded_late = true;
                         Arc::new(layout_for(client, handle, first, n).await?)
                     }
                     Err(FsError::Stale) => st.held.clone().expect("held"),
@@ -271,8 +268,8 @@ async fn refill(client: &Arc<Client>, handle: FileHandle, st: &mut ReadState, of
         }
         None => None,
     };
-    st.buf = match prefetched {
-        Some((start, parts)) if start + parts.iter().map(|p| p.len() as u64).sum::<u64>() > offset => Run { start, parts },
+    st.buf = match prefetched.map(|(start, parts)| Run { start, parts }) {
+        Some(run) if run.end() > offset => run,
         _ => Run { start: offset, parts: fetch_current(client, handle, st, offset, len, whole_file).await? },
     };
     Ok(())

@@ -900,11 +900,7 @@ impl<K: Kv> Sm<'_, K> {
         }
         for (b, d) in delta {
             if d > 0 {
-                let bkey = key::u64(b.0);
-                if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
-                    info.refs += d as u64;
-                    store(self.kv, Table::Blobs, &bkey, &info);
-                }
+                self.add_refs(b, d as u64);
             }
             for _ in d..0 {
                 self.unref_blob_of(ino, Some(b));
@@ -920,6 +916,15 @@ impl<K: Kv> Sm<'_, K> {
             self.kv.delete(Table::Chunks, &ckey);
         } else {
             store(self.kv, Table::Chunks, &ckey, &kept);
+        }
+    }
+
+    /// `n` more slices name blob `b`.
+    fn add_refs(&mut self, b: BlobId, n: u64) {
+        let bkey = key::u64(b.0);
+        if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
+            info.refs += n;
+            store(self.kv, Table::Blobs, &bkey, &info);
         }
     }
 
@@ -1240,14 +1245,13 @@ impl<K: Kv> Sm<'_, K> {
         // Every new slice counts before any chunk is laid: a blob whose slices in one chunk
         // are all hidden by later ones of this commit must not be freed while another chunk
         // still takes slices of it.
-        for s in c.chunks.iter().flat_map(|u| &u.slices) {
-            if let Some(b) = s.blob {
-                let bkey = key::u64(b.0);
-                if let Some(mut info) = load::<BlobInfo>(self.kv, Table::Blobs, &bkey) {
-                    info.refs += 1;
-                    store(self.kv, Table::Blobs, &bkey, &info);
-                }
-            }
+        // One update per blob, however many of its slices (thousands after scattered writes).
+        let mut counts: std::collections::BTreeMap<BlobId, u64> = std::collections::BTreeMap::new();
+        for b in c.chunks.iter().flat_map(|u| &u.slices).filter_map(|s| s.blob) {
+            *counts.entry(b).or_default() += 1;
+        }
+        for (b, n) in counts {
+            self.add_refs(b, n);
         }
         for u in &c.chunks {
             self.lay_slices(c.handle.inode, u.idx, &u.slices);
